@@ -1,0 +1,52 @@
+# The verbs a user types. Everything a verb needs, it installs first (Debian/Ubuntu, root or sudo).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# llama-cpp-python compiles from source: pip's wheel cache (kept in ~/.cache/pip) makes it a one-time cost.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
+
+.PHONY: help run test lint bench system-deps venv
+
+help:
+	@echo "make run    start the pod on http://127.0.0.1:8080 with the bundled model (installs what it needs)"
+	@echo "make test   the whole test suite"
+	@echo "make lint   ruff and mypy"
+	@echo "make bench  benchmarks (see docs/benchmarks.md)"
+
+# nginx 1.22+ with auth_request and redis-server, from the distribution.
+system-deps:
+	@if ! command -v nginx >/dev/null || ! command -v redis-server >/dev/null \
+	    || ! nginx -V 2>&1 | grep -q http_auth_request_module; then \
+	  echo "installing nginx and redis-server (apt-get)"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx redis-server; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@echo "installing Python dependencies (the first run compiles llama-cpp-python: ~10 min on 2 cores)"
+	$(PIP) install -q -e '.[engine,run,test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: system-deps venv
+	$(PY) -m localpod
+
+test: system-deps venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: system-deps venv
+	$(PY) -m loadtest.bench

@@ -1,0 +1,1 @@
+"""Engine entrypoints and the model fetcher, shared by `make run`, the tests and the images."""

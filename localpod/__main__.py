@@ -1,0 +1,98 @@
+"""`make run`: the pod on this machine with the bundled model, under honcho.
+
+Fetches the model once (cached), makes a fresh API key for this run, renders the nginx config,
+prints how to call the pod, then hands the three processes to honcho.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from inference.fetch_model import FetchError, fetch
+from localpod.pod import BUNDLED_MODEL_NAME, BUNDLED_MODEL_SOURCE, Ports, commands, pod_env, prepare_nginx, procfile
+from sidecar.keys import add_key
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def model_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-pod" / "models" / "gemma3-270m-q4-k-m"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def banner(port: int, key: str, model: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return f"""
+llm-pod is starting on {base} (model: {model}); it answers once {base}/ready says "ready".
+
+  API key for this run (shown once; make run makes a new one each time):
+    {key}
+
+  curl:
+    curl {base}/v1/chat/completions \\
+      -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+
+  openai client:
+    python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="{key}"); \\
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)'
+
+  Ctrl-C stops the pod.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".run")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LLM_POD_LISTEN_PORT", "8080")))
+    parser.add_argument("--prepare-only", action="store_true", help="do everything but start the processes")
+    args = parser.parse_args(argv)
+
+    ports = Ports(listen=args.port)
+    busy = [str(p) for p in (ports.listen, ports.metrics, ports.sidecar, ports.engine) if not port_free(p)]
+    if busy and not args.prepare_only:
+        print(f"make run: port(s) {', '.join(busy)} already in use on 127.0.0.1 (another pod running?)",
+              file=sys.stderr)
+        return 1
+    try:
+        model_path = fetch(BUNDLED_MODEL_SOURCE, model_cache())
+    except FetchError as err:
+        print(f"make run: {err}", file=sys.stderr)
+        return 1
+    state = args.state_dir.resolve()
+    keys_file = state / "keys.yaml"
+    key = add_key(keys_file, "make-run")
+    env = pod_env(ports, model_path, keys_file)
+    nginx_prefix = state / "nginx"
+    prepare_nginx(nginx_prefix, env)
+    cmds = commands(nginx_prefix)
+    procfile_path = state / "Procfile"
+    procfile_path.write_text(procfile(cmds), encoding="utf-8")
+    print(banner(ports.listen, key, BUNDLED_MODEL_NAME), flush=True)
+    if args.prepare_only:
+        return 0
+    honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or shutil.which("honcho")
+    if honcho is None:
+        print("make run: honcho is missing: pip install 'honcho>=2.0'", file=sys.stderr)
+        return 1
+    child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    child_env["PATH"] = f"{Path(sys.executable).parent}:{child_env.get('PATH', '')}"
+    os.execve(honcho, [honcho, "-f", str(procfile_path), "-d", str(ROOT), "start"], child_env)  # noqa: S606
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the pod as the sidecar sees it, on a registry of the app's own."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.engine_ready = Gauge(
+            "llm_pod_engine_ready", "1 while the engine lists the served model in /v1/models", registry=self.registry
+        )
+        self.cold_start = Gauge(
+            "llm_pod_cold_start_seconds",
+            "Seconds from sidecar start to the first time the engine listed the model (the pod's cold start)",
+            registry=self.registry,
+        )
+        self.readiness_state = Gauge(
+            "llm_pod_readiness_state", "1 for the readiness state the pod is in", ["state"], registry=self.registry
+        )
+        self.engine_probe_timeouts = Counter(
+            "llm_pod_engine_probe_timeouts",
+            "Engine probes that timed out on an open connection (a busy engine, not a dead one)",
+            registry=self.registry,
+        )
+        self.auth_decisions = Counter(
+            "llm_pod_auth_decisions", "Auth decisions by outcome", ["outcome"], registry=self.registry
+        )
+        self.auth_latency = Histogram(
+            "llm_pod_auth_latency_seconds",
+            "Time the sidecar took to decide one auth request",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=self.registry,
+        )
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup_metrics(app: web.Application) -> Metrics:
+    metrics = Metrics()
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_handler)
+    return metrics
