@@ -55,8 +55,8 @@ def server_args(environ: Mapping[str, str]) -> list[str]:
         except ValueError:
             problems.append(f"LLM_POD_{name}={raw!r}: expected an integer >= {low}")
     extra = shlex.split(env["LLM_POD_ENGINE_EXTRA_ARGS"])
-    if any(a.split("=")[0] in ("--host", "--port", "--model_alias") for a in extra):
-        problems.append("LLM_POD_ENGINE_EXTRA_ARGS may not set --host, --port or --model_alias: the pod owns them")
+    if any(a.split("=")[0] in ("--host", "--port", "--model_alias", "--interrupt_requests") for a in extra):
+        problems.append("LLM_POD_ENGINE_EXTRA_ARGS may not set --host, --port, --model_alias or --interrupt_requests: the pod owns them")
     if problems:
         raise EngineConfigError("invalid engine settings:\n" + "\n".join(f"  - {p}" for p in problems))
     threads = numbers["THREADS"] or available_cpus()
@@ -70,6 +70,9 @@ def server_args(environ: Mapping[str, str]) -> list[str]:
         "--n_threads", str(threads),
         "--n_threads_batch", str(threads),
         "--n_gpu_layers", str(numbers["N_GPU_LAYERS"]),
+        # By default llama-cpp-python ends a running generation as soon as any other request waits
+        # for the model, including a readiness probe's /v1/models. A shared pod queues instead.
+        "--interrupt_requests", "false",
     ]  # fmt: skip
     if env["LLM_POD_CHAT_FORMAT"]:
         args += ["--chat_format", env["LLM_POD_CHAT_FORMAT"]]

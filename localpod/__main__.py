@@ -27,6 +27,8 @@ def model_cache() -> Path:
 
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As nginx and uvicorn do: a port held only by TIME_WAIT sockets of a stopped run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
