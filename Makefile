@@ -19,13 +19,13 @@ help:
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  benchmarks (see docs/benchmarks.md)"
 
-# nginx 1.22+ with auth_request and redis-server, from the distribution.
+# nginx 1.22+ with auth_request, redis-server, and envsubst (the image's renderer), from the distribution.
 system-deps:
-	@if ! command -v nginx >/dev/null || ! command -v redis-server >/dev/null \
+	@if ! command -v nginx >/dev/null || ! command -v redis-server >/dev/null || ! command -v envsubst >/dev/null \
 	    || ! nginx -V 2>&1 | grep -q http_auth_request_module; then \
 	  echo "installing nginx and redis-server (apt-get)"; \
 	  $(SUDO) apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx redis-server; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx redis-server gettext-base; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

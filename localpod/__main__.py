@@ -47,11 +47,11 @@ llm-pod is starting on {base} (model: {model}); it answers once {base}/ready say
   curl:
     curl {base}/v1/chat/completions \\
       -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
-      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 64}}'
 
   openai client:
     python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="{key}"); \\
-print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Say hello"}}]).choices[0].message.content)'
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Say hello"}}], max_tokens=64).choices[0].message.content)'
 
   Ctrl-C stops the pod.
 """
@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="do everything but start the processes")
     args = parser.parse_args(argv)
 
-    ports = Ports(listen=args.port)
+    ports = Ports(
+        listen=args.port,
+        metrics=int(os.environ.get("LLM_POD_METRICS_PORT", Ports.metrics)),
+        sidecar=int(os.environ.get("LLM_POD_SIDECAR_PORT", Ports.sidecar)),
+        engine=int(os.environ.get("LLM_POD_ENGINE_PORT", Ports.engine)),
+    )
     busy = [str(p) for p in (ports.listen, ports.metrics, ports.sidecar, ports.engine) if not port_free(p)]
     if busy and not args.prepare_only:
         print(f"make run: port(s) {', '.join(busy)} already in use on 127.0.0.1 (another pod running?)",

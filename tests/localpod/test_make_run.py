@@ -1,0 +1,45 @@
+"""`make run`'s runner for real: honcho starts the three processes, the printed key and the printed
+curl example work, and Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import openai
+
+from tests.conftest import http_get
+from tests.harness import Proc, free_port, python, require_tool, wait_until
+
+
+def test_make_run_prints_a_working_key_and_example(tmp_path: Path) -> None:
+    require_tool("nginx")
+    ports = {name: free_port() for name in ("LISTEN", "METRICS", "SIDECAR", "ENGINE")}
+    env = {f"LLM_POD_{name}_PORT": str(port) for name, port in ports.items()}
+    runner = Proc("make-run", [python(), "-m", "localpod", "--state-dir", str(tmp_path / "state")], env, tmp_path)
+    base = f"http://127.0.0.1:{ports['LISTEN']}"
+    try:
+        key = wait_until(lambda: re.search(r"^\s+(sk-lp-\S+)$", runner.output(), re.M), 60, 0.1, "the key").group(1)
+        wait_until(lambda: http_get(base + "/ready")[0] == 200, 180, 0.1, "the pod to be ready")
+
+        reply = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0).chat.completions.create(
+            model="gemma-3-270m", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8
+        )
+        assert reply.choices[0].message.content
+
+        # The curl example, exactly as printed (continuation lines and all), run by bash.
+        output = runner.output()
+        curl = output[output.index("curl http") : output.index("openai client:")].strip()
+        done = subprocess.run(["bash", "-c", curl + " --fail-with-body -sS"], capture_output=True, text=True, timeout=60)  # noqa: S603
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert '"chat.completion"' in done.stdout
+        assert key not in "\n".join(line for line in output.splitlines() if "|" in line)  # not in process logs
+    finally:
+        runner.signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+        runner.popen.wait(30)
+        code = runner.stop()  # already exited: collects the code and closes the log
+    assert code in (0, 130, -signal.SIGINT), runner.output()[-2000:]
+    for port in ports.values():
+        wait_until(lambda p=port: http_get(f"http://127.0.0.1:{p}/", 0.5)[0] == 0, 10, what=f"port {port} to close")

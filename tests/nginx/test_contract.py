@@ -1,0 +1,115 @@
+"""nginx <-> sidecar contract with the real nginx and the real sidecar, and a header-echoing test
+double in the engine's place (see echo_engine.py for why)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localpod.render import TEMPLATE, render
+from sidecar.keys import KeyEntry, hash_key, write_key_file
+from tests.conftest import Pod, http_get, start_pod, stop_pod
+from tests.harness import Proc, python, require_tool, wait_until
+
+
+@pytest.fixture(scope="module")
+def echo_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
+    tmp = tmp_path_factory.mktemp("echo-pod")
+    pod = start_pod(tmp, tmp / "no-model.gguf", ("sidecar", "nginx"))
+    engine = Proc("echo-engine", [python(), "-m", "tests.nginx.echo_engine", str(pod.ports.engine)], {}, tmp)
+    pod.procs["engine"] = engine
+    try:
+        wait_until(lambda: http_get(pod.base + "/v1/models", 1)[0] == 401, 30, what="nginx and the sidecar")
+        wait_until(lambda: http_get(f"http://127.0.0.1:{pod.ports.engine}/v1/x", 1)[0] == 200, 30, what="echo")
+    except AssertionError:
+        stop_pod(pod)
+        raise
+    yield pod
+    stop_pod(pod)
+
+
+def forwarded(pod: Pod, path: str = "/v1/models", **headers: str) -> dict[str, object]:
+    resp = httpx.get(pod.base + path, headers={"Authorization": f"Bearer {pod.key}", **headers})
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def test_engine_gets_key_id_and_priority_never_the_credential(echo_pod: Pod) -> None:
+    seen = forwarded(echo_pod)["headers"]
+    assert isinstance(seen, dict)
+    lowered = {k.lower(): v for k, v in seen.items()}
+    assert lowered["x-llm-pod-key-id"] == "tester"
+    assert lowered["x-llm-pod-priority"] == "5"
+    assert "authorization" not in lowered
+    assert echo_pod.key not in str(seen)
+    assert len(lowered["x-request-id"]) == 32
+
+
+def test_client_sent_internal_headers_are_replaced(echo_pod: Pod) -> None:
+    seen = forwarded(
+        echo_pod,
+        **{"X-LLM-Pod-Key-Id": "admin", "X-LLM-Pod-Priority": "999", "X-LLM-Pod-Status": "200",
+           "X-LLM-Pod-Error": "x"},
+    )["headers"]
+    assert isinstance(seen, dict)
+    lowered = {k.lower(): v for k, v in seen.items()}
+    assert lowered["x-llm-pod-key-id"] == "tester"
+    assert lowered["x-llm-pod-priority"] == "5"
+    assert "x-llm-pod-status" not in lowered
+    assert "x-llm-pod-error" not in lowered
+
+
+def test_model_prefix_is_stripped_and_query_kept(echo_pod: Pod) -> None:
+    assert forwarded(echo_pod, f"/{echo_pod.model}/v1/chat/completions?x=1")["path"] == "/v1/chat/completions?x=1"
+    assert forwarded(echo_pod, "/v1/embeddings")["path"] == "/v1/embeddings"
+
+
+def test_disabled_and_expired_keys(echo_pod: Pod) -> None:
+    disabled, expired = "sk-lp-disabled-key-for-test", "sk-lp-expired-key-for-test"
+    write_key_file(
+        echo_pod.keys_file,
+        [
+            KeyEntry("tester", hash_key(echo_pod.key), priority=5),
+            KeyEntry("off", hash_key(disabled), disabled=True),
+            KeyEntry("old", hash_key(expired), expires=datetime(2020, 1, 1, tzinfo=UTC)),
+        ],
+    )
+
+    def status(key: str) -> int:
+        return httpx.get(echo_pod.base + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+    # The sidecar re-reads a changed keys file within its check interval (1 s).
+    wait_until(lambda: status(disabled) == 403, 5, 0.05, "the disabled key to be refused with 403")
+    resp = httpx.get(echo_pod.base + "/v1/models", headers={"Authorization": f"Bearer {disabled}"})
+    assert resp.json()["error"]["type"] == "permission_error"
+    assert status(expired) == 401
+    assert "expired" in httpx.get(
+        echo_pod.base + "/v1/models", headers={"Authorization": f"Bearer {expired}"}
+    ).json()["error"]["message"]
+    assert status(echo_pod.key) == 200
+
+
+def test_template_renders_the_same_with_envsubst(echo_pod: Pod, tmp_path: Path) -> None:
+    """The image renders the template with envsubst; make run and the tests with localpod.render."""
+    require_tool("envsubst")
+    text = TEMPLATE.read_text()
+    env = {k: v for k, v in echo_pod.env.items() if k.startswith("LLM_POD_")}
+    names = " ".join(f"${{{k}}}" for k in sorted(env))
+    by_envsubst = subprocess.run(  # noqa: S603
+        [shutil.which("envsubst") or "envsubst", names], input=text, env={**os.environ, **env},
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert by_envsubst == render(text, env)
+    conf = tmp_path / "llm-pod.conf"
+    conf.write_text(by_envsubst)
+    check = subprocess.run(  # noqa: S603
+        [require_tool("nginx"), "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr

@@ -1,0 +1,58 @@
+"""The readiness state machine, fed observations directly."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.readiness import Probe, ProbeResult, Readiness, State
+
+LISTED = ProbeResult(Probe.LISTED)
+REFUSED = ProbeResult(Probe.REFUSED, "nothing listens")
+TIMEOUT = ProbeResult(Probe.TIMEOUT, "slow")
+
+
+def test_starts_loading_and_turns_ready_when_listed() -> None:
+    r = Readiness(started_at=100.0)
+    assert r.state is State.LOADING and not r.ready
+    assert r.observe(REFUSED, 101.0) is False  # still loading: no change
+    assert r.state is State.LOADING
+    assert r.observe(LISTED, 104.5) is True
+    assert r.ready
+    assert r.cold_start_seconds == pytest.approx(4.5)
+
+
+def test_refused_after_ready_is_unreachable_and_cold_start_is_kept() -> None:
+    r = Readiness(0.0)
+    r.observe(LISTED, 2.0)
+    r.observe(REFUSED, 3.0)
+    assert r.state is State.UNREACHABLE
+    r.observe(LISTED, 9.0)
+    assert r.ready
+    assert r.cold_start_seconds == 2.0
+
+
+def test_a_busy_engine_stays_ready_but_a_slow_start_is_loading() -> None:
+    r = Readiness(0.0)
+    r.observe(TIMEOUT, 1.0)
+    assert r.state is State.LOADING
+    r.observe(LISTED, 2.0)
+    assert r.observe(TIMEOUT, 3.0) is False
+    assert r.ready
+
+
+def test_model_missing_and_error_statuses() -> None:
+    r = Readiness(0.0)
+    r.observe(ProbeResult(Probe.MISSING, "listed: other"), 1.0)
+    assert r.state is State.MODEL_MISSING
+    assert "listed: other" in r.message()
+    r.observe(ProbeResult(Probe.NOT_OK, "/v1/models answered 503"), 2.0)
+    assert r.state is State.LOADING
+
+
+def test_draining_is_final() -> None:
+    r = Readiness(0.0)
+    r.observe(LISTED, 1.0)
+    r.drain(2.0)
+    assert r.state is State.DRAINING and not r.ready
+    assert r.observe(LISTED, 3.0) is False
+    assert r.state is State.DRAINING

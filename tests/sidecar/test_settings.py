@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.settings import Settings, SettingsError
+
+
+def test_defaults_from_a_minimal_environment(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys: []\n")
+    s = Settings.from_env({"LLM_POD_SERVED_MODEL": "org/model-7b:q4", "LLM_POD_API_KEYS_FILE": str(keys)})
+    assert s.served_model == "org/model-7b:q4"
+    assert s.engine_url == "http://127.0.0.1:8000"
+    assert (s.sidecar_host, s.sidecar_port, s.drain_seconds) == ("127.0.0.1", 8081, 15.0)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            {
+                "LLM_POD_ENGINE_PORT": "eighty",
+                "LLM_POD_SIDECAR_PORT": "70000",
+                "LLM_POD_READY_POLL_FAST": "3",
+                "LLM_POD_READY_POLL_SLOW": "2",
+                "LLM_POD_LOG_LEVEL": "chatty",
+                "LLM_POD_API_KEYS_FILE": "/nonexistent/keys.yaml",
+            }
+        )
+    text = str(caught.value)
+    for expected in (
+        "LLM_POD_SERVED_MODEL is required",
+        "LLM_POD_ENGINE_PORT='eighty'",
+        "LLM_POD_SIDECAR_PORT=70000",
+        "LLM_POD_READY_POLL_FAST=3.0",
+        "LLM_POD_LOG_LEVEL='CHATTY'",
+        "LLM_POD_API_KEYS_FILE=/nonexistent/keys.yaml: no such file",
+    ):
+        assert expected in text
+    assert len(caught.value.problems) == 6
+
+
+@pytest.mark.parametrize("name", ["bad name", "x;rm", "/leading-slash", "a" * 129, "quote'd"])
+def test_model_names_that_would_break_nginx_are_refused(tmp_path: Path, name: str) -> None:
+    keys = tmp_path / "k.yaml"
+    keys.write_text("keys: []\n")
+    with pytest.raises(SettingsError, match="SERVED_MODEL"):
+        Settings(served_model=name, api_keys_file=keys)
+
+
+def test_no_credential_source_is_a_config_error() -> None:
+    with pytest.raises(SettingsError, match="API_KEYS_FILE is not set"):
+        Settings(served_model="m")
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    keys = tmp_path / "k.yaml"
+    keys.write_text("keys: []\n")
+    s = Settings(served_model="m", api_keys_file=keys)
+    with pytest.raises(AttributeError):
+        s.served_model = "other"  # type: ignore[misc]
