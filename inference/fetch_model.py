@@ -115,7 +115,9 @@ def fetch(source: str, dest: Path, sha256: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", required=True)
     parser.add_argument("--dest", type=Path, required=True)
     parser.add_argument("--sha256", default=None)

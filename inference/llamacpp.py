@@ -7,6 +7,7 @@ replaced (exec), so signals from the supervisor reach the server itself.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -48,15 +49,17 @@ def server_args(environ: Mapping[str, str]) -> list[str]:
     numbers: dict[str, int] = {}
     for name, low in (("ENGINE_PORT", 1), ("CTX_SIZE", 0), ("THREADS", 0), ("N_GPU_LAYERS", -1)):
         raw = env["LLM_POD_" + name]
-        try:
-            numbers[name] = int(raw)
-            if numbers[name] < low:
-                raise ValueError
-        except ValueError:
+        value = int(raw) if re.fullmatch(r"-?[0-9]+", raw.strip()) else None
+        if value is None or value < low:
             problems.append(f"LLM_POD_{name}={raw!r}: expected an integer >= {low}")
+        else:
+            numbers[name] = value
     extra = shlex.split(env["LLM_POD_ENGINE_EXTRA_ARGS"])
     if any(a.split("=")[0] in ("--host", "--port", "--model_alias", "--interrupt_requests") for a in extra):
-        problems.append("LLM_POD_ENGINE_EXTRA_ARGS may not set --host, --port, --model_alias or --interrupt_requests: the pod owns them")
+        problems.append(
+            "LLM_POD_ENGINE_EXTRA_ARGS may not set --host, --port, --model_alias or "
+            "--interrupt_requests: the pod owns them"
+        )
     if problems:
         raise EngineConfigError("invalid engine settings:\n" + "\n".join(f"  - {p}" for p in problems))
     threads = numbers["THREADS"] or available_cpus()

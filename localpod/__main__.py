@@ -14,7 +14,16 @@ import sys
 from pathlib import Path
 
 from inference.fetch_model import FetchError, fetch
-from localpod.pod import BUNDLED_MODEL_NAME, BUNDLED_MODEL_SOURCE, Ports, commands, pod_env, prepare_nginx, procfile
+from localpod.pod import (
+    BUNDLED_MODEL_NAME,
+    BUNDLED_MODEL_SOURCE,
+    Ports,
+    commands,
+    pod_env,
+    prepare_nginx,
+    procfile,
+)
+from localpod.render import DEFAULTS
 from sidecar.keys import add_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +45,7 @@ def port_free(port: int) -> bool:
     return True
 
 
-def banner(port: int, key: str, model: str) -> str:
+def banner(port: int, key: str, model: str, python: str = sys.executable) -> str:
     base = f"http://127.0.0.1:{port}"
     return f"""
 llm-pod is starting on {base} (model: {model}); it answers once {base}/ready says "ready".
@@ -50,8 +59,13 @@ llm-pod is starting on {base} (model: {model}); it answers once {base}/ready say
       -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 64}}'
 
   openai client:
-    python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="{key}"); \\
-print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Say hello"}}], max_tokens=64).choices[0].message.content)'
+    {python} - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{base}/v1", api_key="{key}")
+messages = [{{"role": "user", "content": "Say hello"}}]
+reply = client.chat.completions.create(model="{model}", messages=messages, max_tokens=64)
+print(reply.choices[0].message.content)
+EOF
 
   Ctrl-C stops the pod.
 """
@@ -66,14 +80,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ports = Ports(
         listen=args.port,
-        metrics=int(os.environ.get("LLM_POD_METRICS_PORT", Ports.metrics)),
-        sidecar=int(os.environ.get("LLM_POD_SIDECAR_PORT", Ports.sidecar)),
-        engine=int(os.environ.get("LLM_POD_ENGINE_PORT", Ports.engine)),
+        metrics=int(os.environ.get("LLM_POD_METRICS_PORT", DEFAULTS["LLM_POD_METRICS_PORT"])),
+        sidecar=int(os.environ.get("LLM_POD_SIDECAR_PORT", DEFAULTS["LLM_POD_SIDECAR_PORT"])),
+        engine=int(os.environ.get("LLM_POD_ENGINE_PORT", DEFAULTS["LLM_POD_ENGINE_PORT"])),
     )
     busy = [str(p) for p in (ports.listen, ports.metrics, ports.sidecar, ports.engine) if not port_free(p)]
     if busy and not args.prepare_only:
-        print(f"make run: port(s) {', '.join(busy)} already in use on 127.0.0.1 (another pod running?)",
-              file=sys.stderr)
+        print(
+            f"make run: port(s) {', '.join(busy)} already in use on 127.0.0.1 (another pod running?)",
+            file=sys.stderr,
+        )
         return 1
     try:
         model_path = fetch(BUNDLED_MODEL_SOURCE, model_cache())

@@ -40,7 +40,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], T | None], timeout: float, interval: float = 0.02, what: str = "") -> T:
+def wait_until(
+    predicate: Callable[[], T | None], timeout: float, interval: float = 0.02, what: str = ""
+) -> T:
     """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -60,7 +62,7 @@ class Proc:
         self.log_path = logdir / f"{name}.log"
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen(  # noqa: S603
+        self.popen = subprocess.Popen(
             argv, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
         )
 

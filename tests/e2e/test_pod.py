@@ -3,9 +3,10 @@ the real sidecar and the real nginx, on free loopback ports."""
 
 from __future__ import annotations
 
+import itertools
 import json
-import statistics
 import re
+import statistics
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +36,9 @@ def assert_openai_error(body: bytes | object, code: str | None = None) -> dict[s
 
 
 def test_chat_completion_with_a_valid_key(pod: Pod) -> None:
-    reply = client(pod).chat.completions.create(model=pod.model, messages=PROMPT, max_tokens=24, temperature=0)
+    reply = client(pod).chat.completions.create(
+        model=pod.model, messages=PROMPT, max_tokens=24, temperature=0
+    )
     assert reply.choices[0].message.content, reply
     assert reply.choices[0].message.content.strip()
 
@@ -51,7 +54,9 @@ def test_streamed_chat_completion(pod: Pod) -> None:
 
 def test_wrong_key_is_an_authentication_error(pod: Pod) -> None:
     with pytest.raises(openai.AuthenticationError) as caught:
-        client(pod, key="sk-lp-not-a-real-key").chat.completions.create(model=pod.model, messages=PROMPT, max_tokens=4)
+        client(pod, key="sk-lp-not-a-real-key").chat.completions.create(
+            model=pod.model, messages=PROMPT, max_tokens=4
+        )
     assert caught.value.status_code == 401
     assert_openai_error(caught.value.response.content, "invalid_api_key")
 
@@ -103,8 +108,8 @@ def listening_addresses(port: int) -> set[str]:
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             addr, port_hex = fields[1].split(":")
-            if fields[3] == "0A" and int(port_hex, 16) == port:
-                found.add(addr if len(addr) == width else addr)
+            if fields[3] == "0A" and int(port_hex, 16) == port and len(addr) == width:
+                found.add(addr)
     return found
 
 
@@ -118,7 +123,9 @@ def test_engine_and_sidecar_listen_on_loopback_only(pod: Pod) -> None:
 
 def test_request_id_is_propagated_and_logged_with_the_key_id(pod: Pod) -> None:
     rid = str(uuid.uuid4())
-    resp = httpx.get(f"{pod.base}/v1/models", headers={"Authorization": f"Bearer {pod.key}", "X-Request-Id": rid})
+    resp = httpx.get(
+        f"{pod.base}/v1/models", headers={"Authorization": f"Bearer {pod.key}", "X-Request-Id": rid}
+    )
     assert resp.status_code == 200
     assert resp.headers["x-request-id"] == rid
     for sent in (None, "not a uuid; replaced"):
@@ -127,7 +134,9 @@ def test_request_id_is_propagated_and_logged_with_the_key_id(pod: Pod) -> None:
         assert generated.status_code == 200
         assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
     line = next(
-        json.loads(raw) for raw in pod.procs["nginx"].output().splitlines() if rid in raw and raw.startswith("{")
+        json.loads(raw)
+        for raw in pod.procs["nginx"].output().splitlines()
+        if rid in raw and raw.startswith("{")
     )
     assert line["key_id"] == "tester"
     assert line["status"] == 200
@@ -148,7 +157,9 @@ def test_metrics_port_serves_sidecar_metrics(pod: Pod) -> None:
     assert b"Active connections" in body
 
 
-def first_chunk_and_arrivals(url: str, headers: dict[str, str], model: str, max_tokens: int) -> tuple[float, list[float]]:
+def first_chunk_and_arrivals(
+    url: str, headers: dict[str, str], model: str, max_tokens: int
+) -> tuple[float, list[float]]:
     """Seconds to the first streamed event, and each event's arrival time, measured from the send."""
     body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     arrivals: list[float] = []
@@ -170,15 +181,17 @@ def test_streaming_is_not_buffered(pod: Pod) -> None:
         engine = f"http://127.0.0.1:{pod.ports.engine}/v1/chat/completions"
         direct.append(first_chunk_and_arrivals(engine, {}, pod.model, 4)[0])
     delta = statistics.median(via_nginx) - statistics.median(direct)
-    print(f"first-chunk median: nginx {statistics.median(via_nginx) * 1000:.1f} ms, "
-          f"direct {statistics.median(direct) * 1000:.1f} ms, delta {delta * 1000:.1f} ms")
+    print(
+        f"first-chunk median: nginx {statistics.median(via_nginx) * 1000:.1f} ms, "
+        f"direct {statistics.median(direct) * 1000:.1f} ms, delta {delta * 1000:.1f} ms"
+    )
     assert delta < 0.050
 
     # Chunks arrive spread over the generation, not in one burst at the end.
     first, arrivals = first_chunk_and_arrivals(f"{pod.base}/v1/chat/completions", auth, pod.model, 48)
     assert len(arrivals) >= 10, arrivals
     span = arrivals[-1] - first
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert span > 0.1, arrivals
     # In a buffered response most events land together; here most are separated by decode steps.
     assert sum(1 for g in gaps if g > 0.002) >= len(gaps) // 2, gaps

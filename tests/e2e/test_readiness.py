@@ -54,7 +54,9 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
                 time.sleep(0.01)
 
         watchers = [
-            threading.Thread(target=watch, args=("listed", lambda: engine_lists_model(pod.ports.engine, pod.model))),
+            threading.Thread(
+                target=watch, args=("listed", lambda: engine_lists_model(pod.ports.engine, pod.model))
+            ),
             threading.Thread(target=watch, args=("ready", lambda: http_get(ready_url, 1)[0] == 200)),
         ]
         engine_started = time.monotonic()
@@ -63,13 +65,18 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
         for t in watchers:
             t.start()
         try:
-            wait_until(lambda: len(seen) == 2, 180, 0.05, "the engine to list the model and the pod to be ready")
+            wait_until(
+                lambda: len(seen) == 2, 180, 0.05, "the engine to list the model and the pod to be ready"
+            )
         finally:
             stop.set()
             for t in watchers:
                 t.join()
         lag = seen["ready"] - seen["listed"]
-        print(f"engine time to ready: {seen['listed'] - engine_started:.2f} s; /ready flipped {lag * 1000:.0f} ms later")
+        print(
+            f"engine time to ready: {seen['listed'] - engine_started:.2f} s; "
+            f"/ready flipped {lag * 1000:.0f} ms later"
+        )
         assert lag < 1.0
 
         status, payload = chat_status(pod.base, pod.key, pod.model)
@@ -98,8 +105,12 @@ def test_sigterm_turns_unready_at_once_and_exits_after_the_drain(tmp_path: Path,
         drain = float(pod.env["LLM_POD_DRAIN_SECONDS"])
         sent = time.monotonic()
         sidecar.popen.send_signal(signal.SIGTERM)
-        wait_until(lambda: json.loads(http_get(readyz)[2] or b"{}").get("status") == "draining", 0.5, 0.01,
-                   "readiness to say draining")
+        wait_until(
+            lambda: json.loads(http_get(readyz)[2] or b"{}").get("status") == "draining",
+            0.5,
+            0.01,
+            "readiness to say draining",
+        )
         assert sidecar.alive()  # still serving (probes, auth for in-flight work) during the drain
         assert sidecar.popen.wait(drain + 5) == 0
         elapsed = time.monotonic() - sent

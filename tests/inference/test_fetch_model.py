@@ -24,7 +24,7 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, bytes, list[str]]]:
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, directory=str(served), **kwargs)  # type: ignore[arg-type]
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             hits.append(self.path)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -49,7 +49,9 @@ def test_download_checks_sha256_and_is_a_no_op_the_second_time(
     assert len(hits) == 1
 
 
-def test_download_with_a_wrong_sha256_keeps_nothing(tmp_path: Path, file_server: tuple[str, bytes, list[str]]) -> None:
+def test_download_with_a_wrong_sha256_keeps_nothing(
+    tmp_path: Path, file_server: tuple[str, bytes, list[str]]
+) -> None:
     url, _, _ = file_server
     dest = tmp_path / "cache"
     with pytest.raises(FetchError, match="does not match"):
@@ -57,7 +59,9 @@ def test_download_with_a_wrong_sha256_keeps_nothing(tmp_path: Path, file_server:
     assert list(dest.iterdir()) == []
 
 
-def test_download_without_a_sha256_is_refused(tmp_path: Path, file_server: tuple[str, bytes, list[str]]) -> None:
+def test_download_without_a_sha256_is_refused(
+    tmp_path: Path, file_server: tuple[str, bytes, list[str]]
+) -> None:
     with pytest.raises(FetchError, match="needs --sha256"):
         fetch(file_server[0], tmp_path / "cache")
 

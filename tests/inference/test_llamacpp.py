@@ -14,7 +14,9 @@ def env(model: Path, **extra: str) -> dict[str, str]:
 def test_engine_always_binds_loopback_and_never_interrupts(tmp_path: Path) -> None:
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
-    args = server_args(env(model, LLM_POD_CHAT_FORMAT="gemma", LLM_POD_THREADS="3", LLM_POD_ENGINE_PORT="9123"))
+    args = server_args(
+        env(model, LLM_POD_CHAT_FORMAT="gemma", LLM_POD_THREADS="3", LLM_POD_ENGINE_PORT="9123")
+    )
     pairs = dict(zip(args[3::2], args[4::2], strict=False))
     assert pairs["--host"] == "127.0.0.1"
     assert pairs["--port"] == "9123"
@@ -29,7 +31,10 @@ def test_extra_args_cannot_move_the_engine_off_loopback(tmp_path: Path) -> None:
     model.write_bytes(b"GGUF")
     with pytest.raises(EngineConfigError, match="may not set --host"):
         server_args(env(model, LLM_POD_ENGINE_EXTRA_ARGS="--host=0.0.0.0"))
-    assert server_args(env(model, LLM_POD_ENGINE_EXTRA_ARGS="--flash_attn true"))[-2:] == ["--flash_attn", "true"]
+    assert server_args(env(model, LLM_POD_ENGINE_EXTRA_ARGS="--flash_attn true"))[-2:] == [
+        "--flash_attn",
+        "true",
+    ]
 
 
 def test_every_problem_is_reported(tmp_path: Path) -> None:
@@ -42,5 +47,7 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
 
 
 def test_llama_settings_variables_are_dropped_from_the_engine_environment() -> None:
-    cleaned = engine_environ({"PORT": "5000", "HOST": "0.0.0.0", "API_KEY": "x", "N_CTX": "1", "PATH": "/bin"})
+    cleaned = engine_environ(
+        {"PORT": "5000", "HOST": "0.0.0.0", "API_KEY": "x", "N_CTX": "1", "PATH": "/bin"}
+    )
     assert cleaned == {"PATH": "/bin"}

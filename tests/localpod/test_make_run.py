@@ -14,14 +14,22 @@ from tests.conftest import http_get
 from tests.harness import Proc, free_port, python, require_tool, wait_until
 
 
+def run_bash(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_make_run_prints_a_working_key_and_example(tmp_path: Path) -> None:
     require_tool("nginx")
     ports = {name: free_port() for name in ("LISTEN", "METRICS", "SIDECAR", "ENGINE")}
     env = {f"LLM_POD_{name}_PORT": str(port) for name, port in ports.items()}
-    runner = Proc("make-run", [python(), "-m", "localpod", "--state-dir", str(tmp_path / "state")], env, tmp_path)
+    runner = Proc(
+        "make-run", [python(), "-m", "localpod", "--state-dir", str(tmp_path / "state")], env, tmp_path
+    )
     base = f"http://127.0.0.1:{ports['LISTEN']}"
     try:
-        key = wait_until(lambda: re.search(r"^\s+(sk-lp-\S+)$", runner.output(), re.M), 60, 0.1, "the key").group(1)
+        key = wait_until(
+            lambda: re.search(r"^\s+(sk-lp-\S+)$", runner.output(), re.M), 60, 0.1, "the key"
+        ).group(1)
         wait_until(lambda: http_get(base + "/ready")[0] == 200, 180, 0.1, "the pod to be ready")
 
         reply = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0).chat.completions.create(
@@ -32,14 +40,26 @@ def test_make_run_prints_a_working_key_and_example(tmp_path: Path) -> None:
         # The curl example, exactly as printed (continuation lines and all), run by bash.
         output = runner.output()
         curl = output[output.index("curl http") : output.index("openai client:")].strip()
-        done = subprocess.run(["bash", "-c", curl + " --fail-with-body -sS"], capture_output=True, text=True, timeout=60)  # noqa: S603
+        done = run_bash(curl + " --fail-with-body -sS")
         assert done.returncode == 0, done.stderr + done.stdout
         assert '"chat.completion"' in done.stdout
-        assert key not in "\n".join(line for line in output.splitlines() if "|" in line)  # not in process logs
+
+        # The openai-client example, as printed: a heredoc run with the venv's python.
+        client = output[
+            output.index("openai client:") + len("openai client:") : output.index("Ctrl-C")
+        ].strip()
+        done = run_bash(client)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert done.stdout.strip(), "the openai example printed no answer"
+        assert key not in "\n".join(
+            line for line in output.splitlines() if "|" in line
+        )  # not in process logs
     finally:
         runner.signal(signal.SIGINT)  # Ctrl-C, as a user stops it
         runner.popen.wait(30)
         code = runner.stop()  # already exited: collects the code and closes the log
     assert code in (0, 130, -signal.SIGINT), runner.output()[-2000:]
     for port in ports.values():
-        wait_until(lambda p=port: http_get(f"http://127.0.0.1:{p}/", 0.5)[0] == 0, 10, what=f"port {port} to close")
+        wait_until(
+            lambda p=port: http_get(f"http://127.0.0.1:{p}/", 0.5)[0] == 0, 10, what=f"port {port} to close"
+        )
