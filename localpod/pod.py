@@ -24,6 +24,7 @@ class Ports:
     metrics: int = int(DEFAULTS["LLM_POD_METRICS_PORT"])
     sidecar: int = int(DEFAULTS["LLM_POD_SIDECAR_PORT"])
     engine: int = int(DEFAULTS["LLM_POD_ENGINE_PORT"])
+    request_end: int = int(DEFAULTS["LLM_POD_REQUEST_END_PORT"])  # UDP: nginx -> sidecar
 
 
 def pod_env(
@@ -41,6 +42,7 @@ def pod_env(
         "LLM_POD_METRICS_PORT": str(ports.metrics),
         "LLM_POD_SIDECAR_PORT": str(ports.sidecar),
         "LLM_POD_ENGINE_PORT": str(ports.engine),
+        "LLM_POD_REQUEST_END_PORT": str(ports.request_end),
         "LLM_POD_MAX_BODY_SIZE": DEFAULTS["LLM_POD_MAX_BODY_SIZE"],
         "LLM_POD_PROXY_READ_TIMEOUT": DEFAULTS["LLM_POD_PROXY_READ_TIMEOUT"],
         "LLM_POD_API_KEYS_FILE": str(keys_file),

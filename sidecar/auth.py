@@ -12,16 +12,27 @@ The contract with nginx (see nginx/llm-pod.conf.template):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
 from aiohttp import web
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from sidecar.admission import Admission
 from sidecar.errors import error_json
-from sidecar.keys import StaticKeyStore
-from sidecar.metrics import METRICS
+from sidecar.keys import KeyEntry, StaticKeyStore
+from sidecar.limits import Limiter
+from sidecar.metrics import METRICS, Metrics
+from sidecar.redis_keys import RedisKeyStore, StoreUnavailable
+from sidecar.request_end import InFlight, listen
 from sidecar.settings import Settings
+from sidecar.tokens import JwtVerifier, TokenRejected, looks_like_jwt
 
 logger = logging.getLogger(__name__)
 
@@ -56,26 +67,103 @@ def bearer_token(header: str | None) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
-        if settings.api_keys_file is None:  # Settings refuses this; kept as a guard for direct use
-            raise ValueError("no credential source")
-        self.static = StaticKeyStore(settings.api_keys_file)
+    """Who is calling (static keys, Redis keys, JWTs) and whether they may, now (models, priority, limits)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        redis_client: aioredis.Redis | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.static = StaticKeyStore(settings.api_keys_file) if settings.api_keys_file else None
+        self.redis = (
+            RedisKeyStore(
+                redis_client,
+                settings.redis_prefix,
+                settings.redis_cache_seconds,
+                settings.redis_stale_seconds,
+            )
+            if redis_client is not None
+            else None
+        )
+        self.jwt = JwtVerifier(settings, metrics) if settings.jwt_enabled else None
+        self.in_flight = InFlight(settings.lease_seconds)
+        self.limiter = Limiter(
+            metrics,
+            redis_client,
+            settings.redis_prefix,
+            settings.lease_seconds,
+            settings.default_rpm,
+            settings.default_concurrency,
+        )
+        self.admission = Admission(settings, metrics, self.in_flight)
+
+    async def identify(self, token: str) -> KeyEntry | Decision:
+        """The key entry behind a credential, or the denial. Raises StoreUnavailable (fail closed)."""
+        if self.jwt is not None and looks_like_jwt(token):
+            try:
+                return await self.jwt.verify(token)
+            except TokenRejected as err:
+                return deny(401, "invalid_token", str(err))
+        entry = self.static.lookup(token) if self.static is not None else None
+        if entry is None and self.redis is not None:
+            entry = await self.redis.lookup(token)
+        if entry is None:
+            return deny(401, "unknown", "Incorrect API key provided.")
+        return entry
 
     async def decide(self, request: web.Request) -> Decision:
         header = request.headers.get("Authorization")
         if not header:
-            return deny(401, "missing", "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+            return deny(
+                401, "missing", "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+            )
         token = bearer_token(header)
         if token is None:
             return deny(401, "malformed", "The Authorization header must be 'Bearer <key>'.")
-        entry = self.static.lookup(token)
-        if entry is None:
-            return deny(401, "unknown", "Incorrect API key provided.")
+        found = await self.identify(token)
+        if isinstance(found, Decision):
+            return found
+        entry = found
         if entry.expired():
             return deny(401, "expired", "This API key has expired.", key_id=entry.id)
         if entry.disabled:
             return deny(403, "disabled", "This API key has been disabled.", key_id=entry.id)
+        if not entry.allows_model(self.settings.served_model):
+            return deny(
+                403,
+                "model_not_allowed",
+                f"This key may not use {self.settings.served_model}.",
+                key_id=entry.id,
+            )
+        if self.admission.refuses(entry.priority):
+            return deny(
+                429,
+                "overloaded",
+                "The model is saturated and serves higher-priority keys first. Retry shortly.",
+                key_id=entry.id,
+                **{"Retry-After": "2"},
+            )
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        verdict = await self.limiter.admit(entry, request_id)
+        if not verdict.allowed:
+            self.metrics.rate_limited.labels(entry.id, verdict.limit).inc()
+            what = "requests per minute" if verdict.limit == "rpm" else "concurrent requests"
+            return deny(
+                429,
+                f"rate_limited_{verdict.limit}",
+                f"Rate limit reached for {what} on this key.",
+                key_id=entry.id,
+                **(verdict.headers or {}),
+            )
+        self.in_flight.start(request_id)
         return Decision(200, "allowed", key_id=entry.id, priority=entry.priority)
+
+    async def request_ended(self, key_id: str, request_id: str) -> None:
+        self.in_flight.end(request_id)
+        await self.limiter.release(key_id, request_id)
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
@@ -99,9 +187,19 @@ def to_response(decision: Decision) -> web.Response:
 async def auth_handler(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     started = time.perf_counter()
-    decision = await request.app[AUTHENTICATOR].decide(request)
+    try:
+        decision = await request.app[AUTHENTICATOR].decide(request)
+    except StoreUnavailable as err:
+        # Closed, never open: nginx turns this 500 into a 503 auth_unavailable for the client.
+        metrics.auth_decisions.labels("store_unavailable").inc()
+        logger.warning("refusing: %s", err, extra={"request_id": request.headers.get("X-Request-Id")})
+        return web.Response(status=500)
     metrics.auth_latency.observe(time.perf_counter() - started)
     metrics.auth_decisions.labels(decision.outcome).inc()
+    if decision.allowed:
+        metrics.key_requests.labels(decision.key_id).inc()
+    elif decision.key_id:
+        metrics.key_denials.labels(decision.key_id, decision.outcome).inc()
     if not decision.allowed:
         # Ids and outcomes only: the credential itself never reaches a log line.
         logger.info(
@@ -116,6 +214,39 @@ async def auth_handler(request: web.Request) -> web.Response:
     return to_response(decision)
 
 
+def redis_client(settings: Settings) -> aioredis.Redis:
+    # No retries and short timeouts: an auth decision waits for Redis at most `redis_timeout`,
+    # then falls back (cache, per-replica limits) or refuses.
+    return aioredis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
 def setup_auth(app: web.Application, settings: Settings) -> None:
-    app[AUTHENTICATOR] = Authenticator(settings)
+    metrics = app[METRICS]
+
+    async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = redis_client(settings) if settings.redis_url else None
+        authenticator = Authenticator(settings, metrics, client)
+        app[AUTHENTICATOR] = authenticator
+        transport = await listen("127.0.0.1", settings.request_end_port, authenticator.request_ended)
+        poller = None
+        if settings.engine_type == "vllm" and authenticator.admission.enabled:
+            poller = asyncio.create_task(authenticator.admission.poll_vllm())
+        yield
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+        transport.close()
+        if authenticator.jwt is not None:
+            await authenticator.jwt.close()
+        if client is not None:
+            await client.aclose()
+
+    app.cleanup_ctx.append(auth_ctx)
     app.router.add_get("/auth", auth_handler)

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "sk-lp-"
 KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Per-key limits: requests per minute, and requests in flight at once.
+LIMIT_NAMES = frozenset({"rpm", "concurrency"})
 
 
 class KeyFileError(ValueError):
@@ -49,6 +51,10 @@ class KeyEntry:
     disabled: bool = False
     expires: datetime | None = None
     limits: dict[str, int] = field(default_factory=dict)
+    models: tuple[str, ...] = ()  # served models this key may use; empty: any
+
+    def allows_model(self, served_model: str) -> bool:
+        return not self.models or served_model in self.models
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires is not None and (now or datetime.now(UTC)) >= self.expires
@@ -61,6 +67,8 @@ class KeyEntry:
             out["expires"] = self.expires.isoformat()
         if self.limits:
             out["limits"] = dict(self.limits)
+        if self.models:
+            out["models"] = list(self.models)
         return out
 
 
@@ -91,7 +99,7 @@ def parse_entries(document: Any, source: str) -> list[KeyEntry]:
         if not isinstance(raw, dict):
             problems.append(f"{where}: expected a mapping")
             continue
-        unknown = set(raw) - {"id", "sha256", "priority", "disabled", "expires", "limits"}
+        unknown = set(raw) - {"id", "sha256", "priority", "disabled", "expires", "limits", "models"}
         if unknown:
             problems.append(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         key_id, digest = str(raw.get("id", "")), str(raw.get("sha256", "")).lower()
@@ -115,10 +123,18 @@ def parse_entries(document: Any, source: str) -> list[KeyEntry]:
         ):
             problems.append(f"{where}: limits must map names to non-negative integers")
             limits = {}
+        elif set(limits) - LIMIT_NAMES:
+            problems.append(f"{where}: unknown limit(s) {', '.join(sorted(set(limits) - LIMIT_NAMES))}")
+        models = raw.get("models") or []
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            problems.append(f"{where}: models must be a list of served model names")
+            models = []
         expires = _parse_expires(raw.get("expires"), where, problems)
         seen_ids.add(key_id)
         seen_hashes.add(digest)
-        entries.append(KeyEntry(key_id, digest, priority, disabled is True, expires, dict(limits)))
+        entries.append(
+            KeyEntry(key_id, digest, priority, disabled is True, expires, dict(limits), tuple(models))
+        )
     if problems:
         raise KeyFileError("\n".join(problems))
     return entries
@@ -191,13 +207,22 @@ class StaticKeyStore:
         return found
 
 
-def add_key(path: Path, key_id: str, priority: int = 0, expires: datetime | None = None) -> str:
+def add_key(
+    path: Path,
+    key_id: str,
+    priority: int = 0,
+    expires: datetime | None = None,
+    limits: dict[str, int] | None = None,
+    models: tuple[str, ...] = (),
+) -> str:
     """Add (or replace, by id) one key in a keys file; return the new key, which is stored nowhere."""
     if not KEY_ID.match(key_id):
         raise KeyFileError(f"id {key_id!r} must be 1-64 of letters, digits, . _ -")
     entries = read_key_file(path) if path.exists() else []
     key = new_key()
-    entry = KeyEntry(key_id, hash_key(key), priority, expires=expires)
+    entry = KeyEntry(
+        key_id, hash_key(key), priority, expires=expires, limits=dict(limits or {}), models=models
+    )
     kept = [e for e in entries if e.id != key_id]
     write_key_file(path, [*kept, entry])
     return key
@@ -210,3 +235,15 @@ def revoke_key(path: Path, key_id: str) -> bool:
         return False
     write_key_file(path, changed)
     return True
+
+
+def rotate_key(path: Path, key_id: str) -> str:
+    """A new key for an id, keeping its metadata; the old key stops working on the next reload."""
+    entries = read_key_file(path)
+    if not any(e.id == key_id for e in entries):
+        raise KeyFileError(f"no key with id {key_id!r}")
+    key = new_key()
+    write_key_file(
+        path, [replace(e, sha256=hash_key(key), disabled=False) if e.id == key_id else e for e in entries]
+    )
+    return key

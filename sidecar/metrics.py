@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.engine_ready = Gauge(
-            "llm_pod_engine_ready", "1 while the engine lists the served model in /v1/models", registry=self.registry
+            "llm_pod_engine_ready",
+            "1 while the engine lists the served model in /v1/models",
+            registry=self.registry,
         )
         self.cold_start = Gauge(
             "llm_pod_cold_start_seconds",
@@ -18,7 +27,10 @@ class Metrics:
             registry=self.registry,
         )
         self.readiness_state = Gauge(
-            "llm_pod_readiness_state", "1 for the readiness state the pod is in", ["state"], registry=self.registry
+            "llm_pod_readiness_state",
+            "1 for the readiness state the pod is in",
+            ["state"],
+            registry=self.registry,
         )
         self.engine_probe_timeouts = Counter(
             "llm_pod_engine_probe_timeouts",
@@ -33,6 +45,32 @@ class Metrics:
             "Time the sidecar took to decide one auth request",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
             registry=self.registry,
+        )
+        self.key_requests = Counter(
+            "llm_pod_key_requests", "Requests let through, by key id", ["key_id"], registry=self.registry
+        )
+        self.key_denials = Counter(
+            "llm_pod_key_denials",
+            "Requests refused for a known key id, by reason",
+            ["key_id", "reason"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "llm_pod_rate_limited",
+            "Requests refused by a per-key limit",
+            ["key_id", "limit"],
+            registry=self.registry,
+        )
+        self.rate_limit_fallback = Gauge(
+            "llm_pod_rate_limit_fallback",
+            "1 while Redis is unreachable and limits are enforced per replica only",
+            registry=self.registry,
+        )
+        self.jwks_fetches = Counter(
+            "llm_pod_jwks_fetches", "JWKS fetches by result", ["result"], registry=self.registry
+        )
+        self.engine_waiting = Gauge(
+            "llm_pod_engine_requests_waiting", "Requests waiting in the engine (vLLM)", registry=self.registry
         )
 
 

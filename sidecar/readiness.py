@@ -120,7 +120,9 @@ async def probe_engine(session: aiohttp.ClientSession, settings: Settings) -> Pr
                 return ProbeResult(Probe.NOT_OK, f"/v1/models answered {resp.status}")
             payload = await resp.json(content_type=None)
     except TimeoutError:
-        return ProbeResult(Probe.TIMEOUT, f"/v1/models gave no answer within {settings.engine_probe_timeout} s")
+        return ProbeResult(
+            Probe.TIMEOUT, f"/v1/models gave no answer within {settings.engine_probe_timeout} s"
+        )
     except aiohttp.ClientConnectorError:
         return ProbeResult(Probe.REFUSED, f"nothing listens on 127.0.0.1:{settings.engine_port}")
     except (aiohttp.ClientError, ValueError) as err:
@@ -157,7 +159,9 @@ class EngineWatcher:
         if self.readiness.observe(result, time.monotonic()):
             r = self.readiness
             if r.ready and was_never_ready:
-                logger.info("engine ready: %s listed after %.2f s", self.settings.served_model, r.cold_start_seconds)
+                logger.info(
+                    "engine ready: %s listed after %.2f s", self.settings.served_model, r.cold_start_seconds
+                )
             elif r.ready:
                 logger.info("engine ready again")
             else:
@@ -176,7 +180,9 @@ class EngineWatcher:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while self.readiness.state is not State.DRAINING:
                 self.apply(await probe_engine(session, self.settings))
-                pause = self.settings.ready_poll_slow if self.readiness.ready else self.settings.ready_poll_fast
+                pause = (
+                    self.settings.ready_poll_slow if self.readiness.ready else self.settings.ready_poll_fast
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), pause)
 
@@ -191,7 +197,9 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "ready", "model": request.app[ENGINE].settings.served_model},
             headers={"Cache-Control": "no-store"},
         )
-    resp = error_response(503, readiness.message(), code=readiness.state.value, extra={"status": readiness.state.value})
+    resp = error_response(
+        503, readiness.message(), code=readiness.state.value, extra={"status": readiness.state.value}
+    )
     resp.headers["Retry-After"] = "1"
     resp.headers["Cache-Control"] = "no-store"
     return resp

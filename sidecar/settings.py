@@ -15,6 +15,11 @@ PREFIX = "LLM_POD_"
 # keep it to characters that are literal in both.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENGINE_TYPES = ("llamacpp", "vllm")
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
 
 T = TypeVar("T")
 
@@ -39,6 +44,29 @@ class Settings:
     ready_poll_slow: float = 1.0
     engine_probe_timeout: float = 1.0
     log_level: str = "INFO"
+    engine_type: str = "llamacpp"
+    # Redis: shared keys and limits across replicas.
+    redis_url: str = ""
+    redis_prefix: str = "llm-pod"
+    redis_timeout: float = 0.25
+    redis_cache_seconds: float = 2.0  # also the bound on how long a revoked Redis key keeps working
+    redis_stale_seconds: float = 60.0  # how long a cached Redis key keeps working while Redis is down
+    # JWTs.
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_jwks_url: str = ""
+    jwt_secret_file: Path | None = None
+    jwt_leeway: float = 30.0
+    jwt_jwks_cooldown: float = 30.0
+    jwt_jwks_cache_seconds: float = 600.0
+    # Limits and admission.
+    default_rpm: int = 0
+    default_concurrency: int = 0
+    lease_seconds: float = 900.0
+    request_end_port: int = 8082
+    saturation_queue: int = 0
+    priority_min_under_load: int = 0
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -62,13 +90,39 @@ class Settings:
                 found.append(f"{PREFIX}{name}={port}: a TCP port is 1-65535")
         if self.engine_port == self.sidecar_port:
             found.append(f"{PREFIX}ENGINE_PORT and {PREFIX}SIDECAR_PORT are both {self.engine_port}")
-        if self.api_keys_file is None:
+        if self.api_keys_file is None and not self.redis_url and not self.jwt_enabled:
             found.append(
-                f"{PREFIX}API_KEYS_FILE is not set: with no credential source every request would be "
-                "refused (make a key with `python -m sidecar keys create --file PATH`)"
+                f"{PREFIX}API_KEYS_FILE, {PREFIX}REDIS_URL and {PREFIX}JWT_* are all unset: with no "
+                "credential source every request would be refused "
+                "(make a key with `python -m sidecar keys create --file PATH`)"
             )
-        elif not self.api_keys_file.is_file():
+        elif self.api_keys_file is not None and not self.api_keys_file.is_file():
             found.append(f"{PREFIX}API_KEYS_FILE={self.api_keys_file}: no such file")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            found.append(f"{PREFIX}REDIS_URL: must start with redis://, rediss:// or unix://")
+        if not 0.01 <= self.redis_timeout <= 5:
+            found.append(f"{PREFIX}REDIS_TIMEOUT={self.redis_timeout}: must be 0.01-5 s")
+        if not 0 <= self.redis_cache_seconds <= 60:
+            found.append(f"{PREFIX}REDIS_CACHE_SECONDS={self.redis_cache_seconds}: must be 0-60 s")
+        if self.redis_stale_seconds < self.redis_cache_seconds:
+            found.append(f"{PREFIX}REDIS_STALE_SECONDS must be >= {PREFIX}REDIS_CACHE_SECONDS")
+        found.extend(self._jwt_problems())
+        if self.engine_type not in ENGINE_TYPES:
+            found.append(f"{PREFIX}ENGINE_TYPE={self.engine_type!r}: one of {', '.join(ENGINE_TYPES)}")
+        for name, value in (
+            ("DEFAULT_RPM", self.default_rpm),
+            ("DEFAULT_CONCURRENCY", self.default_concurrency),
+            ("SATURATION_QUEUE", self.saturation_queue),
+        ):
+            if value < 0:
+                found.append(f"{PREFIX}{name}={value}: must be >= 0 (0 turns it off)")
+        if not 1 <= self.request_end_port <= 65535 or self.request_end_port in (
+            self.engine_port,
+            self.sidecar_port,
+        ):
+            found.append(f"{PREFIX}REQUEST_END_PORT={self.request_end_port}: a free TCP/UDP port, 1-65535")
+        if self.lease_seconds < 1:
+            found.append(f"{PREFIX}LEASE_SECONDS={self.lease_seconds}: must be >= 1")
         if self.drain_seconds < 0:
             found.append(f"{PREFIX}DRAIN_SECONDS={self.drain_seconds}: must be >= 0")
         if not 0.01 <= self.ready_poll_fast <= self.ready_poll_slow:
@@ -77,11 +131,50 @@ class Settings:
                 f"{self.ready_poll_slow}: need 0.01 <= fast <= slow"
             )
         if self.ready_poll_slow > 5:
-            found.append(f"{PREFIX}READY_POLL_SLOW={self.ready_poll_slow}: above 5 s a dead engine stays ready too long")
+            found.append(
+                f"{PREFIX}READY_POLL_SLOW={self.ready_poll_slow}: "
+                "above 5 s a dead engine stays ready too long"
+            )
         if not 0.05 <= self.engine_probe_timeout <= 30:
             found.append(f"{PREFIX}ENGINE_PROBE_TIMEOUT={self.engine_probe_timeout}: must be 0.05-30 s")
         if self.log_level not in LOG_LEVELS:
             found.append(f"{PREFIX}LOG_LEVEL={self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
+        return found
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_algorithms or self.jwt_issuer or self.jwt_jwks_url or self.jwt_secret_file)
+
+    def _jwt_problems(self) -> list[str]:
+        if not self.jwt_enabled:
+            return []
+        found: list[str] = []
+        algs = set(self.jwt_algorithms)
+        unknown = algs - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS
+        if not algs:
+            found.append(f"{PREFIX}JWT_ALGORITHMS is required with JWTs, e.g. RS256 or HS256")
+        if unknown:
+            found.append(f"{PREFIX}JWT_ALGORITHMS: unknown or unsafe {', '.join(sorted(unknown))}")
+        if algs & HMAC_ALGORITHMS and algs & ASYMMETRIC_ALGORITHMS:
+            found.append(
+                f"{PREFIX}JWT_ALGORITHMS mixes HMAC and asymmetric algorithms: a public key could then be "
+                "used as an HMAC secret; choose one family"
+            )
+        if algs & HMAC_ALGORITHMS:
+            if self.jwt_secret_file is None:
+                found.append(
+                    f"{PREFIX}JWT_SECRET_FILE is required for {', '.join(sorted(algs & HMAC_ALGORITHMS))}"
+                )
+            elif not self.jwt_secret_file.is_file():
+                found.append(f"{PREFIX}JWT_SECRET_FILE={self.jwt_secret_file}: no such file")
+        if algs & ASYMMETRIC_ALGORITHMS and not self.jwt_jwks_url.startswith(("https://", "http://")):
+            found.append(f"{PREFIX}JWT_JWKS_URL (http(s)://...) is required for asymmetric algorithms")
+        if not self.jwt_issuer:
+            found.append(f"{PREFIX}JWT_ISSUER is required with JWTs (the iss every token must carry)")
+        if not self.jwt_audience:
+            found.append(f"{PREFIX}JWT_AUDIENCE is required with JWTs (the aud every token must carry)")
+        if not 0 <= self.jwt_leeway <= 300:
+            found.append(f"{PREFIX}JWT_LEEWAY={self.jwt_leeway}: must be 0-300 s")
         return found
 
     @classmethod
@@ -105,6 +198,7 @@ class Settings:
         if not served_model:
             problems.append(f"{PREFIX}SERVED_MODEL is required: the model id the engine lists in /v1/models")
         keys_file = env.get(PREFIX + "API_KEYS_FILE", "").strip()
+        secret_file = env.get(PREFIX + "JWT_SECRET_FILE", "").strip()
         values = {
             "engine_port": get("ENGINE_PORT", int),
             "sidecar_host": get("SIDECAR_HOST", str),
@@ -115,6 +209,26 @@ class Settings:
             "ready_poll_slow": get("READY_POLL_SLOW", float),
             "engine_probe_timeout": get("ENGINE_PROBE_TIMEOUT", float),
             "log_level": get("LOG_LEVEL", str.upper),
+            "engine_type": get("ENGINE_TYPE", str.lower),
+            "redis_url": get("REDIS_URL", str),
+            "redis_prefix": get("REDIS_PREFIX", str),
+            "redis_timeout": get("REDIS_TIMEOUT", float),
+            "redis_cache_seconds": get("REDIS_CACHE_SECONDS", float),
+            "redis_stale_seconds": get("REDIS_STALE_SECONDS", float),
+            "jwt_issuer": get("JWT_ISSUER", str),
+            "jwt_audience": get("JWT_AUDIENCE", str),
+            "jwt_algorithms": get("JWT_ALGORITHMS", comma_list),
+            "jwt_jwks_url": get("JWT_JWKS_URL", str),
+            "jwt_secret_file": Path(secret_file) if secret_file else None,
+            "jwt_leeway": get("JWT_LEEWAY", float),
+            "jwt_jwks_cooldown": get("JWT_JWKS_COOLDOWN", float),
+            "jwt_jwks_cache_seconds": get("JWT_JWKS_CACHE_SECONDS", float),
+            "default_rpm": get("DEFAULT_RPM", int),
+            "default_concurrency": get("DEFAULT_CONCURRENCY", int),
+            "lease_seconds": get("LEASE_SECONDS", float),
+            "request_end_port": get("REQUEST_END_PORT", int),
+            "saturation_queue": get("SATURATION_QUEUE", int),
+            "priority_min_under_load": get("PRIORITY_MIN_UNDER_LOAD", int),
         }
         try:
             settings = cls(served_model=served_model or "unset", **values)  # type: ignore[arg-type]
@@ -123,6 +237,10 @@ class Settings:
         if problems:
             raise SettingsError(problems)
         return settings
+
+
+def comma_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip().upper() for part in raw.split(",") if part.strip())
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}

@@ -59,7 +59,9 @@ class Pod:
 
 
 def new_ports() -> Ports:
-    return Ports(listen=free_port(), metrics=free_port(), sidecar=free_port(), engine=free_port())
+    return Ports(
+        listen=free_port(), metrics=free_port(), sidecar=free_port(), engine=free_port(), request_end=free_port()
+    )
 
 
 def start_pod(tmp: Path, model_path: Path, parts: tuple[str, ...], ports: Ports | None = None) -> Pod:

@@ -50,7 +50,7 @@ def test_model_names_that_would_break_nginx_are_refused(tmp_path: Path, name: st
 
 
 def test_no_credential_source_is_a_config_error() -> None:
-    with pytest.raises(SettingsError, match="API_KEYS_FILE is not set"):
+    with pytest.raises(SettingsError, match="are all unset: with no credential source"):
         Settings(served_model="m")
 
 
