@@ -64,7 +64,13 @@ def new_ports() -> Ports:
     )
 
 
-def start_pod(tmp: Path, model_path: Path, parts: tuple[str, ...], ports: Ports | None = None) -> Pod:
+def start_pod(
+    tmp: Path,
+    model_path: Path,
+    parts: tuple[str, ...],
+    ports: Ports | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Pod:
     """Start the named parts of a pod (engine, sidecar, nginx) and return it; waits for nothing."""
     require_tool("nginx")
     ports = ports or new_ports()
@@ -72,11 +78,28 @@ def start_pod(tmp: Path, model_path: Path, parts: tuple[str, ...], ports: Ports 
     key = add_key(keys_file, "tester", priority=5)
     env = pod_env(ports, model_path, keys_file, drain_seconds=1.0)
     env["LLM_POD_THREADS"] = "2"
+    env.update(extra_env or {})
     prefix = tmp / "nginx"
     prepare_nginx(prefix, env)
     cmds = commands(prefix, python())
     procs = {name: Proc(name, cmds[name], env, tmp) for name in parts}
     return Pod(ports, env, key, keys_file, procs)
+
+
+def start_echo_pod(tmp: Path, extra_env: dict[str, str] | None = None) -> Pod:
+    """nginx and the real sidecar with the header-echoing TEST DOUBLE (tests/nginx/echo_engine.py) as
+    the engine: for what a real engine adds nothing to. Waits until all three answer."""
+    pod = start_pod(tmp, tmp / "no-model.gguf", ("sidecar", "nginx"), extra_env=extra_env)
+    engine = Proc("echo-engine", [python(), "-m", "tests.nginx.echo_engine", str(pod.ports.engine)], {}, tmp)
+    pod.procs["engine"] = engine
+    try:
+        wait_until(lambda: http_get(pod.base + "/v1/models", 1)[0] == 401, 30, what="nginx and the sidecar")
+        wait_until(lambda: http_get(f"http://127.0.0.1:{pod.ports.engine}/v1/x", 1)[0] == 200, 30, what="echo")
+    except AssertionError:
+        logs = pod.logs()
+        stop_pod(pod)
+        raise AssertionError("echo pod did not start:\n" + logs) from None
+    return pod
 
 
 def stop_pod(pod: Pod) -> None:

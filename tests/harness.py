@@ -103,3 +103,43 @@ def running(procs: list[Proc]) -> Iterator[list[Proc]]:
 
 def python() -> str:
     return sys.executable
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence; it can be killed and
+    started again on the same port (an outage and its end)."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.path = require_tool("redis-server")
+        self.port = free_port()
+        self.logdir = logdir
+        self.proc: Proc | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [self.path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = Proc(f"redis-{self.port}-{time.monotonic_ns()}", argv, {}, self.logdir)
+        wait_until(self._answers, 10, 0.02, f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.signal(signal.SIGKILL)
+            self.proc.stop()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None

@@ -1,17 +1,20 @@
 """TEST DOUBLE standing in for the engine, only to show what nginx forwards to it.
 
 The real engine (tests/e2e) cannot tell us which headers reached it; this one echoes the method,
-path and headers of every request as JSON. Run: python -m tests.nginx.echo_engine PORT
+path and headers of every request as JSON; `?sleep=S` holds the answer S seconds (a long request).
+Run: python -m tests.nginx.echo_engine PORT
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import web
 
 
 async def echo(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("sleep", "0")))
     return web.json_response({"method": request.method, "path": request.path_qs, "headers": dict(request.headers)})
 
 

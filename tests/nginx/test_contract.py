@@ -15,22 +15,13 @@ import pytest
 
 from localpod.render import TEMPLATE, render
 from sidecar.keys import KeyEntry, hash_key, write_key_file
-from tests.conftest import Pod, http_get, start_pod, stop_pod
+from tests.conftest import Pod, http_get, start_echo_pod, stop_pod
 from tests.harness import Proc, python, require_tool, wait_until
 
 
 @pytest.fixture(scope="module")
 def echo_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
-    tmp = tmp_path_factory.mktemp("echo-pod")
-    pod = start_pod(tmp, tmp / "no-model.gguf", ("sidecar", "nginx"))
-    engine = Proc("echo-engine", [python(), "-m", "tests.nginx.echo_engine", str(pod.ports.engine)], {}, tmp)
-    pod.procs["engine"] = engine
-    try:
-        wait_until(lambda: http_get(pod.base + "/v1/models", 1)[0] == 401, 30, what="nginx and the sidecar")
-        wait_until(lambda: http_get(f"http://127.0.0.1:{pod.ports.engine}/v1/x", 1)[0] == 200, 30, what="echo")
-    except AssertionError:
-        stop_pod(pod)
-        raise
+    pod = start_echo_pod(tmp_path_factory.mktemp("echo-pod"))
     yield pod
     stop_pod(pod)
 

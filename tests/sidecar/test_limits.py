@@ -1,0 +1,167 @@
+"""Per-key limits and the Redis key store against a real redis-server: counting, leases, caching,
+revocation, and what happens while Redis is down."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from sidecar.auth import redis_client
+from sidecar.keys import KeyEntry, hash_key
+from sidecar.limits import Limiter, MemoryLimits
+from sidecar.metrics import Metrics
+from sidecar.redis_keys import RedisKeyAdmin, RedisKeyStore, StoreUnavailable
+from sidecar.settings import Settings
+from tests.harness import ROOT, RedisServer, free_port
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    settings = Settings(served_model="m", redis_url=redis_server.url, request_end_port=free_port())
+    c = redis_client(settings)
+    yield c
+    await c.aclose()
+
+
+def entry(key_id: str = "k", **limits: int) -> KeyEntry:
+    return KeyEntry(key_id, hash_key(key_id), limits=limits)
+
+
+def test_memory_limits_count_a_minute_and_hold_leases() -> None:
+    mem = MemoryLimits()
+    now = 120.0  # the start of a minute
+    assert [mem.admit("k", 3, 0, f"r{i}", now, 60)[0] for i in range(5)] == [1, 1, 1, 0, 0]
+    assert mem.admit("k", 3, 0, "r", now + 60, 60)[0] == 1  # the next minute starts afresh
+    assert [mem.admit("c", 0, 2, f"r{i}", now, 60)[0] for i in range(3)] == [1, 1, 2]
+    mem.release("c", "r0")
+    assert mem.admit("c", 0, 2, "r9", now, 60)[0] == 1
+    assert mem.admit("c", 0, 2, "rA", now + 61, 60)[0] == 1  # expired leases are the backstop
+
+
+async def test_rpm_through_redis_with_ratelimit_headers(client: aioredis.Redis) -> None:
+    limiter = Limiter(Metrics(), client, "t", lease_seconds=60)
+    verdicts = [await limiter.admit(entry(rpm=5), f"r{i}") for i in range(8)]
+    assert [v.allowed for v in verdicts] == [True] * 5 + [False] * 3
+    refused = verdicts[-1]
+    assert refused.limit == "rpm"
+    assert refused.headers is not None
+    assert refused.headers["x-ratelimit-limit-requests"] == "5"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+
+async def test_concurrency_leases_through_redis_and_their_release(client: aioredis.Redis) -> None:
+    limiter = Limiter(Metrics(), client, "t", lease_seconds=60)
+    e = entry("c", concurrency=2)
+    assert (await limiter.admit(e, "a")).allowed
+    assert (await limiter.admit(e, "b")).allowed
+    third = await limiter.admit(e, "c")
+    assert not third.allowed
+    assert third.limit == "concurrency"
+    await limiter.release("c", "a")
+    assert (await limiter.admit(e, "d")).allowed
+    # Another replica (another Limiter on the same Redis) sees the same leases.
+    other = Limiter(Metrics(), client, "t", lease_seconds=60)
+    assert not (await other.admit(e, "e")).allowed
+
+
+async def test_redis_down_falls_back_per_replica_and_recovers(
+    client: aioredis.Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    metrics = Metrics()
+    limiter = Limiter(metrics, client, "t", lease_seconds=60)
+    assert (await limiter.admit(entry(rpm=2), "r0")).allowed
+    redis_server.kill()
+    # Still limited (per replica now), never let through unlimited.
+    results = [(await limiter.admit(entry(rpm=2), f"r{i}")).allowed for i in range(1, 5)]
+    assert results == [True, True, False, False]
+    assert metrics.rate_limit_fallback._value.get() == 1
+    assert any("enforcing limits per replica" in r.getMessage() for r in caplog.records)
+    redis_server.start()  # empty: this test's Redis keeps nothing across a restart
+    results = [(await limiter.admit(entry(rpm=2), f"r{i}")).allowed for i in range(5, 8)]
+    assert results == [True, True, False]  # counted in Redis again, from its fresh count
+    assert metrics.rate_limit_fallback._value.get() == 0
+    assert any("shared across replicas again" in r.getMessage() for r in caplog.records)
+
+
+async def test_redis_key_store_caches_revokes_and_survives_an_outage(
+    client: aioredis.Redis, redis_server: RedisServer
+) -> None:
+    admin = RedisKeyAdmin(redis.Redis.from_url(redis_server.url, decode_responses=True), "t")
+    key = admin.create("alice", priority=4, limits={"rpm": 10})
+    other = admin.create("bob")
+    store = RedisKeyStore(client, "t", cache_seconds=0.3, stale_seconds=1.5)
+    found = await store.lookup(key)
+    assert found is not None
+    assert (found.id, found.priority, found.limits) == ("alice", 4, {"rpm": 10})
+    assert await store.lookup("sk-lp-unknown") is None
+
+    admin.revoke("alice")
+    still = await store.lookup(key)
+    assert still is not None
+    assert not still.disabled  # from the cache, within its 0.3 s
+    time.sleep(0.35)
+    revoked = await store.lookup(key)
+    assert revoked is not None
+    assert revoked.disabled
+
+    assert await store.lookup(other) is not None
+    redis_server.kill()
+    time.sleep(0.35)  # past the cache, within the stale bound: served from the cache
+    cached = await store.lookup(other)
+    assert cached is not None
+    assert cached.id == "bob"
+    with pytest.raises(StoreUnavailable):
+        await store.lookup("sk-lp-never-seen")  # nothing cached: refused, never allowed
+    time.sleep(1.2)  # past the stale bound
+    with pytest.raises(StoreUnavailable):
+        await store.lookup(other)
+    redis_server.start()
+    admin2 = RedisKeyAdmin(redis.Redis.from_url(redis_server.url, decode_responses=True), "t")
+    new = admin2.create("bob")  # the restarted Redis kept nothing (no persistence in this test)
+    assert (await store.lookup(new)) is not None
+
+
+def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "keys", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+
+
+def test_keys_cli_on_redis_prints_a_key_once(redis_server: RedisServer) -> None:
+    url = redis_server.url
+    made = keys_cli("create", "--redis", url, "--id", "carol", "--priority", "2", "--rpm", "30")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("sk-lp-")
+    listed = keys_cli("list", "--redis", url)
+    assert '"id": "carol"' in listed.stdout
+    assert key not in listed.stdout
+    assert hash_key(key) not in listed.stdout
+    shown = keys_cli("show", "--redis", url, "--id", "carol")
+    assert '"rpm": 30' in shown.stdout
+    assert keys_cli("create", "--redis", url, "--id", "carol").returncode == 2  # ids are unique
+    rotated = keys_cli("rotate", "--redis", url, "--id", "carol").stdout.strip()
+    assert rotated.startswith("sk-lp-")
+    assert rotated != key
+    raw = redis.Redis.from_url(url, decode_responses=True)
+    assert not raw.exists(f"llm-pod:key:{hash_key(key)}")  # the old key is gone
+    assert raw.hget(f"llm-pod:key:{hash_key(rotated)}", "priority") == "2"  # metadata kept
+    assert keys_cli("revoke", "--redis", url, "--id", "carol").returncode == 0
+    assert '"state": "disabled"' in keys_cli("show", "--redis", url, "--id", "carol").stdout
