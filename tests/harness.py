@@ -106,13 +106,15 @@ def python() -> str:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, with no persistence; it can be killed and
-    started again on the same port (an outage and its end)."""
+    """A real redis-server on a free loopback port; it can be killed and started again on the same
+    port (an outage and its end). `persistent` keeps its data across that (append-only file, fsync
+    on every write), as a production Redis would; otherwise it keeps nothing."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, persistent: bool = False) -> None:
         self.path = require_tool("redis-server")
         self.port = free_port()
         self.logdir = logdir
+        self.persistent = persistent
         self.proc: Proc | None = None
         self.start()
 
@@ -121,7 +123,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        argv = [self.path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [self.path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.persistent:
+            data = self.logdir / f"redis-data-{self.port}"
+            data.mkdir(exist_ok=True)
+            argv += ["--dir", str(data), "--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            argv += ["--appendonly", "no"]
         self.proc = Proc(f"redis-{self.port}-{time.monotonic_ns()}", argv, {}, self.logdir)
         wait_until(self._answers, 10, 0.02, f"redis-server on port {self.port}")
 
