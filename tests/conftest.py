@@ -60,7 +60,11 @@ class Pod:
 
 def new_ports() -> Ports:
     return Ports(
-        listen=free_port(), metrics=free_port(), sidecar=free_port(), engine=free_port(), request_end=free_port()
+        listen=free_port(),
+        metrics=free_port(),
+        sidecar=free_port(),
+        engine=free_port(),
+        request_end=free_port(),
     )
 
 
@@ -94,7 +98,9 @@ def start_echo_pod(tmp: Path, extra_env: dict[str, str] | None = None) -> Pod:
     pod.procs["engine"] = engine
     try:
         wait_until(lambda: http_get(pod.base + "/v1/models", 1)[0] == 401, 30, what="nginx and the sidecar")
-        wait_until(lambda: http_get(f"http://127.0.0.1:{pod.ports.engine}/v1/x", 1)[0] == 200, 30, what="echo")
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{pod.ports.engine}/v1/x", 1)[0] == 200, 30, what="echo"
+        )
     except AssertionError:
         logs = pod.logs()
         stop_pod(pod)

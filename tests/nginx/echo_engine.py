@@ -15,7 +15,9 @@ from aiohttp import web
 
 async def echo(request: web.Request) -> web.Response:
     await asyncio.sleep(float(request.query.get("sleep", "0")))
-    return web.json_response({"method": request.method, "path": request.path_qs, "headers": dict(request.headers)})
+    return web.json_response(
+        {"method": request.method, "path": request.path_qs, "headers": dict(request.headers)}
+    )
 
 
 def main() -> None:

@@ -31,12 +31,16 @@ def keys(tmp_path: Path) -> tuple[Path, str]:
 
 @pytest.fixture
 async def client(keys: tuple[Path, str]) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    settings = Settings(served_model="m", api_keys_file=keys[0], engine_port=free_port(), ready_poll_fast=0.01)
+    settings = Settings(
+        served_model="m", api_keys_file=keys[0], engine_port=free_port(), ready_poll_fast=0.01
+    )
     async with TestClient(TestServer(create_app(settings, handle_sigterm=False))) as c:
         yield c
 
 
-async def test_allowed_is_bodyless_204_with_key_id_and_priority(client: TestClient, keys: tuple[Path, str]) -> None:  # type: ignore[type-arg]
+async def test_allowed_is_bodyless_204_with_key_id_and_priority(
+    client: TestClient, keys: tuple[Path, str]
+) -> None:  # type: ignore[type-arg]
     resp = await client.get("/auth", headers={"Authorization": f"Bearer {keys[1]}"})
     assert resp.status == 204
     assert await resp.read() == b""
@@ -49,7 +53,9 @@ async def test_allowed_is_bodyless_204_with_key_id_and_priority(client: TestClie
     [(None, "missing"), ("Basic abc", "malformed"), ("Bearer sk-lp-nope", "unknown")],
 )
 async def test_denied_is_bodyless_401_with_the_client_error_in_headers(
-    client: TestClient, header: str | None, outcome: str  # type: ignore[type-arg]
+    client: TestClient,
+    header: str | None,
+    outcome: str,  # type: ignore[type-arg]
 ) -> None:
     resp = await client.get("/auth", headers={"Authorization": header} if header else {})
     assert resp.status == 401
@@ -58,7 +64,7 @@ async def test_denied_is_bodyless_401_with_the_client_error_in_headers(
     error = json.loads(resp.headers["X-LLM-Pod-Error"])["error"]
     assert error["type"] == "invalid_request_error"
     assert error["code"] == "invalid_api_key"
-    metrics = (await (await client.get("/metrics")).text())
+    metrics = await (await client.get("/metrics")).text()
     assert f'llm_pod_auth_decisions_total{{outcome="{outcome}"}} 1.0' in metrics
 
 

@@ -3,10 +3,10 @@ revocation, and what happens while Redis is down."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -116,20 +116,20 @@ async def test_redis_key_store_caches_revokes_and_survives_an_outage(
     still = await store.lookup(key)
     assert still is not None
     assert not still.disabled  # from the cache, within its 0.3 s
-    time.sleep(0.35)
+    await asyncio.sleep(0.35)
     revoked = await store.lookup(key)
     assert revoked is not None
     assert revoked.disabled
 
     assert await store.lookup(other) is not None
     redis_server.kill()
-    time.sleep(0.35)  # past the cache, within the stale bound: served from the cache
+    await asyncio.sleep(0.35)  # past the cache, within the stale bound: served from the cache
     cached = await store.lookup(other)
     assert cached is not None
     assert cached.id == "bob"
     with pytest.raises(StoreUnavailable):
         await store.lookup("sk-lp-never-seen")  # nothing cached: refused, never allowed
-    time.sleep(1.2)  # past the stale bound
+    await asyncio.sleep(1.2)  # past the stale bound
     with pytest.raises(StoreUnavailable):
         await store.lookup(other)
     redis_server.start()
@@ -140,7 +140,11 @@ async def test_redis_key_store_caches_revokes_and_survives_an_outage(
 
 def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sidecar", "keys", *args], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "sidecar", "keys", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
 
 

@@ -13,7 +13,8 @@ TIMEOUT = ProbeResult(Probe.TIMEOUT, "slow")
 
 def test_starts_loading_and_turns_ready_when_listed() -> None:
     r = Readiness(started_at=100.0)
-    assert r.state is State.LOADING and not r.ready
+    assert r.state is State.LOADING
+    assert not r.ready
     assert r.observe(REFUSED, 101.0) is False  # still loading: no change
     assert r.state is State.LOADING
     assert r.observe(LISTED, 104.5) is True
@@ -53,6 +54,7 @@ def test_draining_is_final() -> None:
     r = Readiness(0.0)
     r.observe(LISTED, 1.0)
     r.drain(2.0)
-    assert r.state is State.DRAINING and not r.ready
+    assert r.state is State.DRAINING
+    assert not r.ready
     assert r.observe(LISTED, 3.0) is False
     assert r.state is State.DRAINING

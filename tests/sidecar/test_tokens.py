@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +30,14 @@ ISS, AUD = "https://issuer.test", "llm-pod"
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    base: dict[str, Any] = {"sub": "team-a", "iss": ISS, "aud": AUD, "iat": now, "exp": now + 300, "priority": 3}
+    base: dict[str, Any] = {
+        "sub": "team-a",
+        "iss": ISS,
+        "aud": AUD,
+        "iat": now,
+        "exp": now + 300,
+        "priority": 3,
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -172,13 +181,14 @@ async def test_rejected_tokens_are_401(rs_client: Client, jwks: Jwks, case: str)
 
 async def test_hs256_signed_with_the_rsa_public_key_is_refused(rs_client: Client, jwks: Jwks) -> None:
     # The classic confusion attack: the public key, which anyone can fetch, used as an HMAC secret.
-    import hmac as _hmac
-    from hashlib import sha256
-
-    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()).rstrip(b"=")
+    header = base64.urlsafe_b64encode(
+        json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode()
+    ).rstrip(b"=")
     body = base64.urlsafe_b64encode(json.dumps(claims()).encode()).rstrip(b"=")
     signing_input = header + b"." + body
-    sig = base64.urlsafe_b64encode(_hmac.new(jwks.public_pem(), signing_input, sha256).digest()).rstrip(b"=")
+    sig = base64.urlsafe_b64encode(
+        hmac.new(jwks.public_pem(), signing_input, hashlib.sha256).digest()
+    ).rstrip(b"=")
     status, headers = await auth(rs_client, (signing_input + b"." + sig).decode())
     assert status == 401
     assert "not accepted" in json.loads(headers["X-LLM-Pod-Error"])["error"]["message"]
@@ -215,7 +225,9 @@ async def test_a_failed_refetch_keeps_the_known_keys(rs_client: Client, jwks: Jw
 
 
 async def test_claims_limit_the_models_a_token_may_use(hs_client: Client) -> None:
-    status, headers = await auth(hs_client, jwt.encode(claims(models=["other-model"]), SECRET, algorithm="HS256"))
+    status, headers = await auth(
+        hs_client, jwt.encode(claims(models=["other-model"]), SECRET, algorithm="HS256")
+    )
     assert status == 403
     assert json.loads(headers["X-LLM-Pod-Error"])["error"]["code"] == "permission_denied"
 
