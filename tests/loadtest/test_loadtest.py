@@ -1,0 +1,117 @@
+"""The load test and the benchmark, run for real against the real pod (briefly)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.bench import percentile
+from tests.conftest import Pod
+from tests.harness import ROOT
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 50)
+
+
+def test_locustfile_loads_the_pod_and_reports_time_to_first_token(pod: Pod, tmp_path: Path) -> None:
+    prefix = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            "loadtest/locustfile.py",
+            "--config",
+            "loadtest/locust.conf",
+            "--host",
+            pod.base,
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "8s",
+            "--csv",
+            str(prefix),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env={"LLM_POD_API_KEY": pod.key, "LLM_POD_MAX_TOKENS": "8", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "run_stats.csv").open() as stats:
+        rows = {r["Name"]: r for r in csv.DictReader(stats)}
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
+    assert int(rows["TTFT"]["Request Count"]) >= 1
+    assert float(rows["TTFT"]["Median Response Time"]) > 0
+    assert int(rows["chat (stream)"]["Request Count"]) >= 1
+
+
+def test_locustfile_counts_refusals_by_their_code(pod: Pod, tmp_path: Path) -> None:
+    prefix = tmp_path / "run"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            "loadtest/locustfile.py",
+            "--config",
+            "loadtest/locust.conf",
+            "--host",
+            pod.base,
+            "-u",
+            "1",
+            "-r",
+            "1",
+            "-t",
+            "3s",
+            "--csv",
+            str(prefix),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"LLM_POD_API_KEY": "sk-lp-not-a-key", "PATH": "/usr/bin:/bin"},
+    )
+    failures = (tmp_path / "run_failures.csv").read_text()
+    assert "401 unauthorised" in failures
+
+
+def test_bench_quick_measures_and_writes_the_tables(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    for row in (
+        "`/ready` is 200 through nginx",
+        "through nginx, static key",
+        "through nginx, Redis key",
+        "through nginx, JWT (HS256)",
+        "directly to the engine",
+    ):
+        line = next(line for line in text.splitlines() if row in line)
+        assert re.search(r"\| [0-9]+\.[0-9]+ \|", line), line
