@@ -353,8 +353,9 @@ def test_the_schema_rejects_bad_values_with_a_clear_error(setting: str, message:
 
 def checkov_failures(*args: str) -> list[dict[str, Any]]:
     env = {**os.environ, "PATH": f"{Path(tool('helm3')).parent}:{os.environ.get('PATH', '')}"}
+    config = str(CHART / ".checkov.yaml")
     done = subprocess.run(
-        [tool("checkov"), *args, "--config-file", str(CHART / ".checkov.yaml"), "--output", "json", "--quiet"],
+        [tool("checkov"), *args, "--config-file", config, "--output", "json", "--quiet"],
         capture_output=True, text=True, check=False, env=env, timeout=600,
     )  # fmt: skip
     assert done.stdout.strip(), done.stderr[-2000:]
