@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from loadtest.bench import percentile
-from tests.conftest import Pod
-from tests.harness import ROOT
+from localpod.pod import commands
+from tests.conftest import Pod, http_get, start_pod, stop_pod
+from tests.harness import ROOT, Proc, wait_until
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -115,3 +117,40 @@ def test_bench_quick_measures_and_writes_the_tables(tmp_path: Path) -> None:
     ):
         line = next(line for line in text.splitlines() if row in line)
         assert re.search(r"\| [0-9]+\.[0-9]+ \|", line), line
+
+
+def test_coldstart_timer_waits_through_a_loading_engine(tmp_path: Path, model_path: Path) -> None:
+    # The sidecar and nginx are up, the engine is not: the timer gets 503s (Retry-After 1), keeps
+    # trying, and reports the time once the engine has loaded and answers.
+    pod = start_pod(tmp_path, model_path, ("sidecar", "nginx"))
+    try:
+        wait_until(lambda: http_get(pod.base + "/healthz")[0] == 200, 20, 0.05, "nginx and the sidecar")
+        argv = [
+            sys.executable,
+            "-m",
+            "loadtest.coldstart",
+            "--url",
+            pod.base,
+            "--key",
+            pod.key,
+            "--deadline",
+            "120",
+        ]
+        timer = Proc("coldstart", argv, {}, tmp_path)
+        pod.procs["timer"] = timer  # stopped (and its log closed) with the pod
+
+        def refused_calls() -> int:
+            log = pod.procs["nginx"].output()
+            return sum(1 for line in log.splitlines() if '"path":"/v1/chat/completions","status":503' in line)
+
+        # Start the engine only once the timer has been refused twice: the timing must include that.
+        wait_until(lambda: refused_calls() >= 2, 20, 0.05, "two refused attempts")
+        cmds = commands(tmp_path / "nginx", sys.executable)
+        pod.procs["engine"] = Proc("engine", cmds["engine"], pod.env, tmp_path)
+        assert timer.popen.wait(120) == 0, timer.output()
+        result = json.loads(timer.output().strip().splitlines()[-1])
+        assert result["seconds"] >= 1.0
+        assert result["statuses"][-1] == 200
+        assert result["statuses"].count(503) >= 2
+    finally:
+        stop_pod(pod)
