@@ -146,7 +146,8 @@ class Authenticator:
                 key_id=entry.id,
                 **{"Retry-After": "2"},
             )
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        # The lease id is nginx's own $request_id, which no client can choose (X-Request-Id can be).
+        request_id = request.headers.get("X-LLM-Pod-Lease") or uuid.uuid4().hex
         verdict = await self.limiter.admit(entry, request_id)
         if not verdict.allowed:
             self.metrics.rate_limited.labels(entry.id, verdict.limit).inc()

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -154,7 +155,8 @@ def test_requests_per_minute_are_429_with_retry_after_and_ratelimit_headers(auth
 
 def test_concurrency_is_held_until_nginx_reports_the_request_ended(auth_pod: AuthPod) -> None:
     url = auth_pod.pod.base + "/v1/models"
-    auth = {"Authorization": f"Bearer {auth_pod.keys['single']}"}
+    # The same client-chosen request id on every call: leases must not collide on it.
+    auth = {"Authorization": f"Bearer {auth_pod.keys['single']}", "X-Request-Id": str(uuid.uuid4())}
     held: dict[str, int] = {}
     slow = threading.Thread(
         target=lambda: held.update(status=httpx.get(url + "?sleep=1.5", headers=auth).status_code)
