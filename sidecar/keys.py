@@ -207,6 +207,11 @@ class StaticKeyStore:
         return found
 
 
+def check_key_id(key_id: str) -> None:
+    if not KEY_ID.match(key_id):
+        raise KeyFileError(f"id {key_id!r} must be 1-64 of letters, digits, . _ -")
+
+
 def add_key(
     path: Path,
     key_id: str,
@@ -216,8 +221,7 @@ def add_key(
     models: tuple[str, ...] = (),
 ) -> str:
     """Add (or replace, by id) one key in a keys file; return the new key, which is stored nowhere."""
-    if not KEY_ID.match(key_id):
-        raise KeyFileError(f"id {key_id!r} must be 1-64 of letters, digits, . _ -")
+    check_key_id(key_id)
     entries = read_key_file(path) if path.exists() else []
     key = new_key()
     entry = KeyEntry(

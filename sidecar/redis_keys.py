@@ -23,7 +23,7 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aioredis
 
-from sidecar.keys import KEY_ID, LIMIT_NAMES, KeyEntry, KeyFileError, hash_key, new_key
+from sidecar.keys import LIMIT_NAMES, KeyEntry, KeyFileError, check_key_id, hash_key, new_key
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ class RedisKeyAdmin:
         models: tuple[str, ...] = (),
     ) -> str:
         """Store a new key's hash and metadata; return the key, which is stored nowhere."""
-        if not KEY_ID.match(key_id):
-            raise KeyFileError(f"id {key_id!r} must be 1-64 of letters, digits, . _ -")
+        check_key_id(key_id)
         if self.client.hexists(f"{self.prefix}:ids", key_id):
             raise KeyFileError(f"a key with id {key_id!r} exists: rotate or revoke it")
         key = new_key()

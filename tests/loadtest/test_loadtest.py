@@ -25,35 +25,20 @@ def test_percentile_interpolates_between_ranks() -> None:
         percentile([], 50)
 
 
+def run_locust(
+    pod: Pod, out: Path, users: int, seconds: int, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    config = ["-f", "loadtest/locustfile.py", "--config", "loadtest/locust.conf", "--host", pod.base]
+    load = ["-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--csv", str(out / "run")]
+    argv = [sys.executable, "-m", "locust", *config, *load]
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=False,
+        env={**env, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
 def test_locustfile_loads_the_pod_and_reports_time_to_first_token(pod: Pod, tmp_path: Path) -> None:
-    prefix = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            "loadtest/locustfile.py",
-            "--config",
-            "loadtest/locust.conf",
-            "--host",
-            pod.base,
-            "-u",
-            "2",
-            "-r",
-            "2",
-            "-t",
-            "8s",
-            "--csv",
-            str(prefix),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        env={"LLM_POD_API_KEY": pod.key, "LLM_POD_MAX_TOKENS": "8", "PATH": "/usr/bin:/bin"},
-    )
+    done = run_locust(pod, tmp_path, 2, 8, {"LLM_POD_API_KEY": pod.key, "LLM_POD_MAX_TOKENS": "8"})
     assert done.returncode == 0, done.stderr[-3000:]
     with (tmp_path / "run_stats.csv").open() as stats:
         rows = {r["Name"]: r for r in csv.DictReader(stats)}
@@ -64,34 +49,7 @@ def test_locustfile_loads_the_pod_and_reports_time_to_first_token(pod: Pod, tmp_
 
 
 def test_locustfile_counts_refusals_by_their_code(pod: Pod, tmp_path: Path) -> None:
-    prefix = tmp_path / "run"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            "loadtest/locustfile.py",
-            "--config",
-            "loadtest/locust.conf",
-            "--host",
-            pod.base,
-            "-u",
-            "1",
-            "-r",
-            "1",
-            "-t",
-            "3s",
-            "--csv",
-            str(prefix),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"LLM_POD_API_KEY": "sk-lp-not-a-key", "PATH": "/usr/bin:/bin"},
-    )
+    run_locust(pod, tmp_path, 1, 3, {"LLM_POD_API_KEY": "sk-lp-not-a-key"})
     failures = (tmp_path / "run_failures.csv").read_text()
     assert "401 unauthorised" in failures
 
