@@ -26,14 +26,28 @@ CRD_KINDS = {"InterceptorRoute", "HTTPScaledObject", "ScaledObject", "ServiceMon
 
 
 def crds_dir() -> Path:
-    """Where the CRDs are: $LLM_POD_CRDS_DIR, or ../shared/crds next to the project."""
+    """Where the CRDs are: $LLM_POD_CRDS_DIR, else ../shared/crds next to the project, else next to the
+    local repository this checkout was cloned from (a CI clone in a temporary directory)."""
     configured = os.environ.get("LLM_POD_CRDS_DIR")
-    path = Path(configured) if configured else ROOT.parent / "shared" / "crds"
-    if not path.is_dir():
-        pytest.fail(
-            f"no CRD directory at {path}: set LLM_POD_CRDS_DIR to a folder of CRD YAML files", pytrace=False
-        )
-    return path
+    if configured:
+        candidates = [Path(configured)]
+    else:
+        candidates = [ROOT.parent / "shared" / "crds"]
+        origin = subprocess.run(
+            ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if origin.startswith("/"):
+            candidates.append(Path(origin).parent / "shared" / "crds")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    where = ", ".join(map(str, candidates))
+    pytest.fail(
+        f"no CRD directory at {where}: set LLM_POD_CRDS_DIR to a folder of CRD YAML files", pytrace=False
+    )
 
 
 @functools.cache
