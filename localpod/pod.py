@@ -43,6 +43,7 @@ def pod_env(
         "LLM_POD_SIDECAR_PORT": str(ports.sidecar),
         "LLM_POD_ENGINE_PORT": str(ports.engine),
         "LLM_POD_REQUEST_END_PORT": str(ports.request_end),
+        "LLM_POD_NGINX_STATUS_URL": f"http://127.0.0.1:{ports.metrics}/nginx_status",
         "LLM_POD_MAX_BODY_SIZE": DEFAULTS["LLM_POD_MAX_BODY_SIZE"],
         "LLM_POD_PROXY_READ_TIMEOUT": DEFAULTS["LLM_POD_PROXY_READ_TIMEOUT"],
         "LLM_POD_API_KEYS_FILE": str(keys_file),

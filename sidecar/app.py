@@ -18,7 +18,7 @@ def create_app(settings: Settings, *, handle_sigterm: bool = True) -> web.Applic
     app = web.Application()
     app[SETTINGS] = settings
     setup_errors(app)
-    setup_metrics(app)
+    setup_metrics(app, settings.nginx_status_url)
     setup_readiness(app, settings)
     setup_auth(app, settings)
     if handle_sigterm:

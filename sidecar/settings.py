@@ -45,6 +45,7 @@ class Settings:
     engine_probe_timeout: float = 1.0
     log_level: str = "INFO"
     engine_type: str = "llamacpp"
+    nginx_status_url: str = ""  # nginx's stub_status, exported with the sidecar's metrics ("" = not)
     # Redis: shared keys and limits across replicas.
     redis_url: str = ""
     redis_prefix: str = "llm-pod"
@@ -107,6 +108,10 @@ class Settings:
         if self.redis_stale_seconds < self.redis_cache_seconds:
             found.append(f"{PREFIX}REDIS_STALE_SECONDS must be >= {PREFIX}REDIS_CACHE_SECONDS")
         found.extend(self._jwt_problems())
+        if self.nginx_status_url and not self.nginx_status_url.startswith("http://127.0.0.1:"):
+            found.append(
+                f"{PREFIX}NGINX_STATUS_URL: nginx's stub_status is read on loopback, http://127.0.0.1:PORT/..."
+            )
         if self.engine_type not in ENGINE_TYPES:
             found.append(f"{PREFIX}ENGINE_TYPE={self.engine_type!r}: one of {', '.join(ENGINE_TYPES)}")
         for name, value in (
@@ -210,6 +215,7 @@ class Settings:
             "engine_probe_timeout": get("ENGINE_PROBE_TIMEOUT", float),
             "log_level": get("LOG_LEVEL", str.upper),
             "engine_type": get("ENGINE_TYPE", str.lower),
+            "nginx_status_url": get("NGINX_STATUS_URL", str),
             "redis_url": get("REDIS_URL", str),
             "redis_prefix": get("REDIS_PREFIX", str),
             "redis_timeout": get("REDIS_TIMEOUT", float),

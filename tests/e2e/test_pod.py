@@ -144,6 +144,9 @@ def test_request_id_is_propagated_and_logged_with_the_key_id(pod: Pod) -> None:
 
 
 def test_metrics_port_serves_sidecar_metrics(pod: Pod) -> None:
+    assert (
+        httpx.get(pod.base + "/v1/models", headers={"Authorization": f"Bearer {pod.key}"}).status_code == 200
+    )
     status, _, body = http_get(f"http://127.0.0.1:{pod.ports.metrics}/metrics")
     text = body.decode()
     assert status == 200
@@ -152,6 +155,14 @@ def test_metrics_port_serves_sidecar_metrics(pod: Pod) -> None:
     assert "llm_pod_auth_latency_seconds_bucket" in text
     cold = next(line for line in text.splitlines() if line.startswith("llm_pod_cold_start_seconds "))
     assert float(cold.split()[1]) > 0
+    # nginx's stub_status, read by the sidecar at scrape time: this very scrape is one active connection.
+    assert "llm_pod_nginx_up 1.0" in text
+    active = next(
+        line for line in text.splitlines() if line.startswith('llm_pod_nginx_connections{state="active"}')
+    )
+    assert float(active.split()[1]) >= 1
+    handled = next(line for line in text.splitlines() if line.startswith("llm_pod_nginx_requests "))
+    assert float(handled.split()[1]) >= 1
     status, _, body = http_get(f"http://127.0.0.1:{pod.ports.metrics}/nginx_status")
     assert status == 200
     assert b"Active connections" in body
