@@ -8,7 +8,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,7 @@ def model_path() -> Path:
 class Pod:
     ports: Ports
     env: dict[str, str]
-    key: str
+    key: str = field(repr=False)  # a credential: kept out of failure reports
     keys_file: Path
     procs: dict[str, Proc]
     model: str = BUNDLED_MODEL_NAME

@@ -39,7 +39,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSe
             "LLM_POD_SIDECAR_PORT": str(port),
             "LLM_POD_ENGINE_PORT": str(free_port()),
             "LLM_POD_REQUEST_END_PORT": str(free_port()),
-            "LLM_POD_REDIS_URL": server.url,  # every other setting at its default, as a user runs it
+            "LLM_POD_REDIS_URL": server.url,  # every auth setting at its default, as a user runs it
+            "LLM_POD_DRAIN_SECONDS": "0",  # stop at once: no traffic to drain here
         }
         procs.append(Proc(f"sidecar-{i}", [python(), "-m", "sidecar"], env, tmp))
     try:

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -32,7 +32,7 @@ SECRET = "another-shared-secret-of-32-bytes-or-more"
 class AuthPod:
     pod: Pod
     redis: RedisServer
-    keys: dict[str, str]  # name -> credential
+    keys: dict[str, str] = field(repr=False)  # name -> credential; kept out of failure reports
 
     def client(self, name: str | None) -> openai.OpenAI:
         key = self.keys[name] if name else "no-key"
@@ -40,6 +40,12 @@ class AuthPod:
 
     def metrics(self) -> str:
         return http_get(f"http://127.0.0.1:{self.pod.ports.metrics}/metrics")[2].decode()
+
+    def counter(self, name: str, **labels: str) -> float:
+        """One sample of the sidecar's metrics; 0 when the series does not exist yet."""
+        selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        match = re.search(rf"^{re.escape(name)}\{{{re.escape(selector)}\}} (\S+)$", self.metrics(), re.M)
+        return float(match.group(1)) if match else 0.0
 
 
 def token(**overrides: object) -> str:
@@ -161,10 +167,17 @@ def test_concurrency_is_held_until_nginx_reports_the_request_ended(auth_pod: Aut
     slow = threading.Thread(
         target=lambda: held.update(status=httpx.get(url + "?sleep=1.5", headers=auth).status_code)
     )
+    admitted = auth_pod.counter("llm_pod_key_requests_total", key_id="single")
     slow.start()
     try:
-        # While the slow request is in flight, the key's one slot is taken.
-        wait_until(lambda: httpx.get(url, headers=auth).status_code == 429, 5, 0.05, "the slot to be taken")
+        # Only once the slow request holds the key's one slot may another try: a probe sent earlier
+        # could take the slot itself and leave the slow request refused.
+        wait_until(
+            lambda: auth_pod.counter("llm_pod_key_requests_total", key_id="single") > admitted,
+            5,
+            0.02,
+            "the slow request to be let through",
+        )
         resp = httpx.get(url, headers=auth)
         assert resp.status_code == 429
         assert resp.headers["x-ratelimit-limit-concurrency"] == "1"
