@@ -16,7 +16,8 @@ PREFIX = "LLM_POD_"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENGINE_TYPES = ("llamacpp", "vllm")
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+# HMAC algorithms and the least secret length (bytes) each needs: its hash size (RFC 7518 3.2).
+HMAC_ALGORITHMS = {"HS256": 32, "HS384": 48, "HS512": 64}
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 )
@@ -148,32 +149,65 @@ class Settings:
 
     @property
     def jwt_enabled(self) -> bool:
-        return bool(self.jwt_algorithms or self.jwt_issuer or self.jwt_jwks_url or self.jwt_secret_file)
+        return bool(
+            self.jwt_algorithms
+            or self.jwt_issuer
+            or self.jwt_audience
+            or self.jwt_jwks_url
+            or self.jwt_secret_file
+        )
 
     def _jwt_problems(self) -> list[str]:
         if not self.jwt_enabled:
             return []
         found: list[str] = []
         algs = set(self.jwt_algorithms)
-        unknown = algs - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS
+        unknown = algs - HMAC_ALGORITHMS.keys() - ASYMMETRIC_ALGORITHMS
         if not algs:
             found.append(f"{PREFIX}JWT_ALGORITHMS is required with JWTs, e.g. RS256 or HS256")
         if unknown:
             found.append(f"{PREFIX}JWT_ALGORITHMS: unknown or unsafe {', '.join(sorted(unknown))}")
-        if algs & HMAC_ALGORITHMS and algs & ASYMMETRIC_ALGORITHMS:
+        mixed = bool(algs & HMAC_ALGORITHMS.keys() and algs & ASYMMETRIC_ALGORITHMS)
+        if mixed:
             found.append(
                 f"{PREFIX}JWT_ALGORITHMS mixes HMAC and asymmetric algorithms: a public key could then be "
                 "used as an HMAC secret; choose one family"
             )
-        if algs & HMAC_ALGORITHMS:
+        hmac_algs = sorted(algs & HMAC_ALGORITHMS.keys())
+        if hmac_algs:
             if self.jwt_secret_file is None:
-                found.append(
-                    f"{PREFIX}JWT_SECRET_FILE is required for {', '.join(sorted(algs & HMAC_ALGORITHMS))}"
-                )
+                found.append(f"{PREFIX}JWT_SECRET_FILE is required for {', '.join(hmac_algs)}")
             elif not self.jwt_secret_file.is_file():
                 found.append(f"{PREFIX}JWT_SECRET_FILE={self.jwt_secret_file}: no such file")
-        if algs & ASYMMETRIC_ALGORITHMS and not self.jwt_jwks_url.startswith(("https://", "http://")):
-            found.append(f"{PREFIX}JWT_JWKS_URL (http(s)://...) is required for asymmetric algorithms")
+            else:
+                # RFC 7518 3.2: an HMAC key at least as long as the hash. PyJWT only warns below that
+                # (and refuses an empty key per request): refuse it here, once, at start.
+                need = max(HMAC_ALGORITHMS[a] for a in hmac_algs)
+                try:
+                    have = len(read_secret(self.jwt_secret_file))
+                except OSError as err:
+                    found.append(
+                        f"{PREFIX}JWT_SECRET_FILE={self.jwt_secret_file}: unreadable ({err.strerror})"
+                    )
+                    have = need
+                if have < need:
+                    found.append(
+                        f"{PREFIX}JWT_SECRET_FILE holds a {have}-byte secret: "
+                        f"{', '.join(hmac_algs)} needs at least {need} bytes"
+                    )
+            if self.jwt_jwks_url and not mixed:
+                found.append(
+                    f"{PREFIX}JWT_JWKS_URL is set but {PREFIX}JWT_ALGORITHMS are HMAC: "
+                    "the JWKS would never be used; unset one"
+                )
+        if algs & ASYMMETRIC_ALGORITHMS:
+            if not self.jwt_jwks_url.startswith(("https://", "http://")):
+                found.append(f"{PREFIX}JWT_JWKS_URL (http(s)://...) is required for asymmetric algorithms")
+            if self.jwt_secret_file is not None and not mixed:
+                found.append(
+                    f"{PREFIX}JWT_SECRET_FILE is set but {PREFIX}JWT_ALGORITHMS are asymmetric: "
+                    "the secret would never be used; unset one"
+                )
         if not self.jwt_issuer:
             found.append(f"{PREFIX}JWT_ISSUER is required with JWTs (the iss every token must carry)")
         if not self.jwt_audience:
@@ -243,6 +277,11 @@ class Settings:
         if problems:
             raise SettingsError(problems)
         return settings
+
+
+def read_secret(path: Path) -> bytes:
+    """A secret from a mounted file, without the trailing newline an editor or `echo` leaves."""
+    return path.read_bytes().strip()
 
 
 def comma_list(raw: str) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ import jwt
 
 from sidecar.keys import KEY_ID, LIMIT_NAMES, KeyEntry
 from sidecar.metrics import Metrics
-from sidecar.settings import HMAC_ALGORITHMS, Settings
+from sidecar.settings import HMAC_ALGORITHMS, Settings, read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ class JwtVerifier:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.algorithms = list(settings.jwt_algorithms)
-        self.hmac = bool(set(self.algorithms) & HMAC_ALGORITHMS)
+        self.hmac = bool(set(self.algorithms) & HMAC_ALGORITHMS.keys())
         self.secret = b""
         if self.hmac and settings.jwt_secret_file is not None:
-            self.secret = settings.jwt_secret_file.read_bytes().strip()
+            self.secret = read_secret(settings.jwt_secret_file)
         self.jwks = (
             None
             if self.hmac

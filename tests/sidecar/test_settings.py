@@ -60,3 +60,34 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     s = Settings(served_model="m", api_keys_file=keys)
     with pytest.raises(AttributeError):
         s.served_model = "other"  # type: ignore[misc]
+
+
+def test_jwt_settings_refuse_a_short_secret_and_a_key_source_of_the_other_family(tmp_path: Path) -> None:
+    secret = tmp_path / "jwt-secret"
+    secret.write_text("x" * 40 + "\n")  # long enough for HS256 (32 bytes), not for HS512 (64)
+    env = {
+        "LLM_POD_SERVED_MODEL": "m",
+        "LLM_POD_JWT_ISSUER": "https://issuer.test",
+        "LLM_POD_JWT_AUDIENCE": "llm-pod",
+        "LLM_POD_JWT_SECRET_FILE": str(secret),
+    }
+    assert Settings.from_env({**env, "LLM_POD_JWT_ALGORITHMS": "HS256"}).jwt_enabled
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            {**env, "LLM_POD_JWT_ALGORITHMS": "HS512", "LLM_POD_JWT_JWKS_URL": "https://issuer.test/jwks"}
+        )
+    assert caught.value.problems == [
+        "LLM_POD_JWT_SECRET_FILE holds a 40-byte secret: HS512 needs at least 64 bytes",
+        "LLM_POD_JWT_JWKS_URL is set but LLM_POD_JWT_ALGORITHMS are HMAC: the JWKS would never be used; "
+        "unset one",
+    ]
+    with pytest.raises(SettingsError, match="JWT_SECRET_FILE is set but LLM_POD_JWT_ALGORITHMS are asym"):
+        Settings.from_env(
+            {**env, "LLM_POD_JWT_ALGORITHMS": "ES256", "LLM_POD_JWT_JWKS_URL": "https://issuer.test/jwks"}
+        )
+
+
+def test_a_jwt_audience_alone_is_not_silently_ignored() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"LLM_POD_SERVED_MODEL": "m", "LLM_POD_JWT_AUDIENCE": "llm-pod"})
+    assert "LLM_POD_JWT_ALGORITHMS is required with JWTs, e.g. RS256 or HS256" in caught.value.problems
