@@ -204,9 +204,12 @@ def test_redis_outage_fails_closed_and_heals(auth_pod: AuthPod) -> None:
         assert error_of(caught.value)["code"] == "auth_unavailable"
         # ... and once the stale bound passes, the cached one is refused too.
         wait_until(lambda: status_of(auth_pod, "redis") == 503, 6, 0.2, "the cached Redis key to expire")
-        # Limits fall back to this replica and say so.
-        status_of(auth_pod, "limited")
+        # Limits fall back to this replica, say so, and still hold: 3 a minute, never unlimited.
+        if 60 - time.time() % 60 < 5:  # keep the burst inside one minute window
+            wait_until(lambda: time.time() % 60 < 50, 10, 0.2, "the next minute")
+        assert [status_of(auth_pod, "limited") for _ in range(5)] == [200, 200, 200, 429, 429]
         assert "llm_pod_rate_limit_fallback 1.0" in auth_pod.metrics()
+        assert "enforcing limits per replica" in auth_pod.pod.procs["sidecar"].output()
     finally:
         auth_pod.redis.start()
     # Redis back: normal service, nothing restarted.
