@@ -4,16 +4,21 @@ Starts a redis-server and the pod (llama-cpp-python with the bundled model, the 
 free loopback ports, then measures:
 - cold start: engine process start -> its /v1/models lists the model -> /ready is 200 through nginx;
 - time to the first streamed chunk through nginx and directly from the engine (interleaved);
-- auth decision cost per credential source (static key, Redis key, HS256 JWT): latency of a cheap
-  authorised call (GET /v1/models) through nginx, against the same call made directly to the engine;
-- memory (RSS) of each process.
+- auth cost: a denied call (no key -> 401) through nginx and the sidecar's /auth asked directly; a
+  cheap authorised call (GET /v1/models) through nginx per credential source (static key, Redis key,
+  HS256 JWT), against the same call made directly to the engine;
+- a short headless Locust run of loadtest/locustfile.py through nginx: requests/s, latency, time to
+  the first token, tokens/s, failures by cause;
+- memory (RSS) of nginx (master and workers), the sidecar and the engine, idle and after the load.
 
-`--quick` uses fewer samples (a smoke run, a few seconds of measuring).
+About two and a half minutes on 2 cores. `--quick` is a smoke run (fewer samples, an 8 s load).
+`--results FILE` also writes the measured values as JSON; `markdown()` renders them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -45,6 +50,7 @@ from sidecar.redis_keys import RedisKeyAdmin
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 ISS, AUD = "https://bench.invalid", "llm-pod"
+LOAD_MAX_TOKENS = 32
 
 
 def free_port() -> int:
@@ -233,15 +239,74 @@ def first_chunk(url: str, headers: dict[str, str]) -> float:
     raise RuntimeError("no streamed chunk")
 
 
-def latencies(client: httpx.Client, url: str, headers: dict[str, str], n: int) -> list[float]:
+def latencies(
+    client: httpx.Client, url: str, headers: dict[str, str], n: int, expect: int = 200
+) -> list[float]:
     out = []
     for _ in range(n):
         started = time.perf_counter()
         resp = client.get(url, headers=headers)
         out.append(time.perf_counter() - started)
-        if resp.status_code != 200:
-            raise RuntimeError(f"{url}: {resp.status_code} {resp.text[:200]}")
+        if resp.status_code != expect:
+            raise RuntimeError(f"{url}: {resp.status_code}, expected {expect}: {resp.text[:200]}")
     return out
+
+
+def run_locust(base: str, key: str, users: int, seconds: int, workdir: Path) -> dict[str, Any]:
+    """loadtest/locustfile.py, headless through the front door; its --llm-summary as a dict."""
+    out = workdir / "locust-summary.json"
+    argv = [
+        *("-f", str(ROOT / "loadtest" / "locustfile.py"), "--config", str(ROOT / "loadtest" / "locust.conf")),
+        *("--host", base, "-u", str(users), "-r", str(users), "-t", f"{seconds}s"),
+        *("--csv", str(workdir / "locust"), "--llm-summary", str(out)),
+    ]
+    env = {
+        **os.environ,
+        "LLM_POD_API_KEY": key,
+        "LLM_POD_MODEL": BUNDLED_MODEL_NAME,
+        "LLM_POD_MAX_TOKENS": str(LOAD_MAX_TOKENS),
+    }
+    done = subprocess.run(  # noqa: S603 - our own locustfile, by this interpreter
+        [sys.executable, "-m", "locust", *argv],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=False,
+    )
+    if not out.exists():
+        raise RuntimeError(f"locust wrote no summary (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    result["users"] = users
+    result["max_tokens"] = LOAD_MAX_TOKENS
+    return result
+
+
+def load_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the benchmark page shows from a locustfile summary."""
+    rows = {r["name"]: r for r in summary["rows"]}
+    calls = [rows[n] for n in ("chat", "chat (stream)") if n in rows]
+    failures: dict[str, int] = {}
+    for f in summary["failures"]:
+        failures[f["error"]] = failures.get(f["error"], 0) + f["occurrences"]
+
+    def row(name: str) -> dict[str, Any]:
+        r = rows.get(name, {})
+        keys = ("requests", "failures", "rps", "p50", "p95")
+        return {k: r.get(k, 0 if k in ("requests", "failures", "rps") else None) for k in keys}
+
+    return {
+        "users": summary["users"],
+        "max_tokens": summary["max_tokens"],
+        "seconds": summary["seconds"],
+        "requests": sum(r["requests"] for r in calls),
+        "rps": sum(r["rps"] for r in calls),
+        "rows": {name: row(name) for name in ("chat", "chat (stream)", "TTFT", "tokens/s")},
+        "output_tokens": summary["output_tokens"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "failures": failures,
+    }
 
 
 def machine() -> dict[str, str]:
@@ -254,18 +319,30 @@ def machine() -> dict[str, str]:
         platform.processor(),
     )
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    os_release = Path("/etc/os-release")
+    distro = next(
+        (
+            line.split("=", 1)[1].strip().strip('"')
+            for line in (os_release.read_text().splitlines() if os_release.exists() else [])
+            if line.startswith("PRETTY_NAME=")
+        ),
+        "",
+    )
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip()  # noqa: S607
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": f"{mem_kib / 1024 / 1024:.0f} GiB",
-        "os": platform.platform(),
+        "os": f"{distro}, Linux {platform.release()}" if distro else platform.platform(),
         "python": platform.python_version(),
         "nginx": nginx.removeprefix("nginx version: "),
         "llama-cpp-python": version("llama-cpp-python"),
+        "locust": version("locust"),
     }
 
 
 def run(quick: bool) -> dict[str, Any]:
+    if importlib.util.find_spec("locust") is None:
+        raise SystemExit("bench needs locust: pip install -e '.[bench]'")
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -275,12 +352,13 @@ def run(quick: bool) -> dict[str, Any]:
         pod_with_redis(Path(tmpdir)) as (pod, creds),
     ):
         base = f"http://127.0.0.1:{pod.ports.listen}"
+        engine = f"http://127.0.0.1:{pod.ports.engine}"
         for name in ("sidecar", "nginx"):
             pod.start(name)
         wait_for(lambda: status(base + "/healthz") == 200, 20, "the sidecar and nginx")
         pod.start("engine")
         wait_for(lambda: status(base + "/ready") == 200, 120, "the pod to be ready")
-        rss_idle = {name: pod.rss_mib(name) for name in ("engine", "sidecar", "nginx")}
+        rss_idle = {name: pod.rss_mib(name) for name in ("nginx", "sidecar", "engine")}
 
         starts = cold_starts(pod, 1 if quick else 3)
         results["cold_start"] = {
@@ -293,49 +371,62 @@ def run(quick: bool) -> dict[str, Any]:
         via, direct = [], []
         for _ in range(3 if quick else 10):
             via.append(first_chunk(base + "/v1/chat/completions", auth))
-            direct.append(first_chunk(f"http://127.0.0.1:{pod.ports.engine}/v1/chat/completions", {}))
+            direct.append(first_chunk(engine + "/v1/chat/completions", {}))
         results["first_chunk_ms"] = {
-            "nginx_p50": percentile(via, 50) * 1000,
-            "nginx_p90": percentile(via, 90) * 1000,
-            "direct_p50": percentile(direct, 50) * 1000,
-            "direct_p90": percentile(direct, 90) * 1000,
+            "nginx": summary(via, 90),
+            "direct": summary(direct, 90),
             "samples": len(via),
         }
 
         n = 50 if quick else 500
-        table: dict[str, dict[str, float]] = {}
+        denied: dict[str, dict[str, float]] = {}
+        allowed: dict[str, dict[str, float]] = {}
         with httpx.Client(timeout=5) as client:
-            engine_models = f"http://127.0.0.1:{pod.ports.engine}/v1/models"
-            latencies(client, engine_models, {}, 20)  # warm-up
-            baseline = latencies(client, engine_models, {}, n)
-            table["engine directly (no nginx, no auth)"] = summary(baseline)
+            sidecar_auth = f"http://127.0.0.1:{pod.ports.sidecar}/auth"
+            for name, url in (
+                ("sidecar /auth directly", sidecar_auth),
+                ("through nginx", base + "/v1/models"),
+            ):
+                latencies(client, url, {}, 20, expect=401)  # warm-up
+                denied[name] = summary(latencies(client, url, {}, n, expect=401))
+            latencies(client, engine + "/v1/models", {}, 20)
+            allowed["engine directly (no nginx, no auth)"] = summary(
+                latencies(client, engine + "/v1/models", {}, n)
+            )
             for name, credential in creds.items():
                 headers = {"Authorization": f"Bearer {credential}"}
                 latencies(client, base + "/v1/models", headers, 20)
-                table[f"through nginx, {name}"] = summary(latencies(client, base + "/v1/models", headers, n))
-        results["auth_latency_ms"] = table
+                allowed[f"through nginx, {name}"] = summary(
+                    latencies(client, base + "/v1/models", headers, n)
+                )
+        results["auth_denied_ms"] = denied
+        results["auth_allowed_ms"] = allowed
         results["auth_samples"] = n
+
+        users, seconds = (2, 8) if quick else (4, 60)
+        results["load"] = load_report(run_locust(base, creds["static key"], users, seconds, Path(tmpdir)))
         results["rss_mib"] = {"idle": rss_idle, "after": {name: pod.rss_mib(name) for name in rss_idle}}
     return results
 
 
-def summary(samples: list[float]) -> dict[str, float]:
-    return {"p50": percentile(samples, 50) * 1000, "p99": percentile(samples, 99) * 1000}
+def summary(samples: list[float], high: float = 99) -> dict[str, float]:
+    """p50 and p`high` of samples in seconds, in milliseconds."""
+    return {"p50": percentile(samples, 50) * 1000, f"p{high:g}": percentile(samples, high) * 1000}
+
+
+def ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
 
 
 def markdown(r: dict[str, Any]) -> str:
-    m, cs, fc, al, rss = (
-        r["machine"],
-        r["cold_start"],
-        r["first_chunk_ms"],
-        r["auth_latency_ms"],
-        r["rss_mib"],
-    )
+    m, cs, fc, rss, load = r["machine"], r["cold_start"], r["first_chunk_ms"], r["rss_mib"], r["load"]
+    rows = load["rows"]
+    failures = ", ".join(f"{count}: {error}" for error, count in sorted(load["failures"].items()))
     lines = [
         "# Benchmarks",
         "",
-        f"Regenerated by `make bench` (`python -m loadtest.bench`) on {r['date']}. Numbers from one machine;",
-        "compare runs on the same machine only.",
+        f"Regenerated by `make bench` (`python -m loadtest.bench`) on {r['date']}. Numbers from one",
+        "machine; compare runs on the same machine only.",
         "",
         "| machine | |",
         "| --- | --- |",
@@ -352,26 +443,60 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Time to the first streamed chunk",
         "",
-        f"{fc['samples']} streamed chat completions each way, interleaved (max_tokens 4).",
+        f"{fc['samples']} streamed chat completions each way, interleaved, the same prompt (max_tokens 4).",
         "",
         "| path | p50 ms | p90 ms |",
         "| --- | --- | --- |",
-        f"| through nginx (auth_request + proxy) | {fc['nginx_p50']:.1f} | {fc['nginx_p90']:.1f} |",
-        f"| directly to the engine | {fc['direct_p50']:.1f} | {fc['direct_p90']:.1f} |",
-        f"| difference | {fc['nginx_p50'] - fc['direct_p50']:.1f} | |",
+        f"| through nginx (auth_request + proxy) | {fc['nginx']['p50']:.1f} | {fc['nginx']['p90']:.1f} |",
+        f"| directly to the engine | {fc['direct']['p50']:.1f} | {fc['direct']['p90']:.1f} |",
+        f"| difference | {fc['nginx']['p50'] - fc['direct']['p50']:.1f} | |",
         "",
-        "## Auth decision cost",
+        "## Auth cost",
         "",
-        f"{r['auth_samples']} sequential `GET /v1/models` per row on one keep-alive connection.",
-        "The difference to the first row is what nginx plus the auth decision add to every call.",
+        f"{r['auth_samples']} sequential requests per row on one keep-alive connection.",
+        "",
+        "A denied call (no key, 401): the sidecar's decision alone, and the whole refusal through nginx.",
         "",
         "| path | p50 ms | p99 ms |",
         "| --- | --- | --- |",
-        *(f"| {k} | {v['p50']:.2f} | {v['p99']:.2f} |" for k, v in al.items()),
+        *(f"| {k} | {v['p50']:.2f} | {v['p99']:.2f} |" for k, v in r["auth_denied_ms"].items()),
+        "",
+        "An authorised `GET /v1/models` per credential source. The difference to the first row is what",
+        "nginx plus the auth decision add to every call.",
+        "",
+        "| path | p50 ms | p99 ms |",
+        "| --- | --- | --- |",
+        *(f"| {k} | {v['p50']:.2f} | {v['p99']:.2f} |" for k, v in r["auth_allowed_ms"].items()),
+        "",
+        "## Load (Locust, through nginx)",
+        "",
+        f"`loadtest/locustfile.py` headless: {load['users']} users for {load['seconds']:.0f} s, three",
+        f"streamed chat completions for every one not, max_tokens {load['max_tokens']}, 0.5 to 2 s between a",
+        "user's calls. llama-cpp-python's server runs one completion at a time: the others wait, and their",
+        "time to the first token includes that wait.",
+        "",
+        f"{load['requests']} completions, {load['rps']:.2f} requests/s.",
+        "",
+        "| row | requests | p50 ms | p95 ms |",
+        "| --- | --- | --- | --- |",
+        f"| chat (whole answer) | {rows['chat']['requests']} | {ms(rows['chat']['p50'])} "
+        f"| {ms(rows['chat']['p95'])} |",
+        f"| chat (stream), to its last token | {rows['chat (stream)']['requests']} "
+        f"| {ms(rows['chat (stream)']['p50'])} | {ms(rows['chat (stream)']['p95'])} |",
+        f"| time to first token (TTFT) | {rows['TTFT']['requests']} | {ms(rows['TTFT']['p50'])} "
+        f"| {ms(rows['TTFT']['p95'])} |",
+        "",
+        "| throughput | |",
+        "| --- | --- |",
+        f"| output tokens/s, all answers | {load['tokens_per_s']:.1f} ({load['output_tokens']} tokens) |",
+        f"| tokens/s of one stream after its first token, p50 | {ms(rows['tokens/s']['p50'])} |",
+        f"| failures | {failures or 'none'} |",
         "",
         "## Memory (RSS, MiB)",
         "",
-        "| process | idle | after the runs above |",
+        "nginx counts its master and workers.",
+        "",
+        "| process | idle | after the load |",
         "| --- | --- | --- |",
         *(f"| {k} | {rss['idle'][k]:.0f} | {rss['after'][k]:.0f} |" for k in rss["idle"]),
         "",
@@ -383,16 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer samples: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, a short load: a smoke run")
     parser.add_argument(
         "--out", type=Path, default=DOC, help="the markdown file to write (default: %(default)s)"
     )
-    parser.add_argument("--json", action="store_true", help="also print the raw results as JSON")
+    parser.add_argument("--results", type=Path, help="also write the measured values here as JSON")
     args = parser.parse_args(argv)
     results = run(args.quick)
     args.out.write_text(markdown(results), encoding="utf-8")
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if args.results:
+        args.results.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 
