@@ -269,7 +269,7 @@ def run_locust(base: str, key: str, users: int, seconds: int, workdir: Path) -> 
     done = subprocess.run(  # noqa: S603 - our own locustfile, by this interpreter
         [sys.executable, "-m", "locust", *argv],
         env=env,
-        cwd=workdir,
+        cwd=ROOT,  # the locustfile imports loadtest.traffic
         capture_output=True,
         text=True,
         timeout=seconds + 120,

@@ -3,6 +3,8 @@
     LLM_POD_API_KEY=sk-lp-... locust -f loadtest/locustfile.py --config loadtest/locust.conf \
         --host http://127.0.0.1:8080
 
+(from the repository root, or anywhere with llm-pod installed: it imports loadtest.traffic).
+
 Each user sends chat completions with bounded max_tokens, three streamed for every one not (in that
 order, so a short run still streams). Every answer is checked: a 200 with a well-formed body, a
 stream that ends with `[DONE]` and carries at least one token. Rows, besides Locust's own:
@@ -32,13 +34,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import re
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,58 +47,9 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 from locust.stats import StatsError
 
+from loadtest.traffic import NAMED_FAILURES, PROMPTS, parse_keys, sse_data, streams
+
 logger = logging.getLogger(__name__)
-
-PROMPTS = [
-    "Say hello.",
-    "Name three colours.",
-    "Write one sentence about the sea.",
-    "What is two plus two?",
-]
-NAMED_FAILURES = {
-    401: "401 unauthorised",
-    403: "403 forbidden",
-    429: "429 rate limited",
-    503: "503 unavailable",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Credential:
-    key: str = ""
-    label: str = ""  # empty: rows carry no suffix
-
-
-def parse_keys(labelled: str, plain: str) -> list[Credential]:
-    """The credentials users take in turn, a labelled key repeated by its weight."""
-    if labelled.strip():
-        out = []
-        for item in (i.strip() for i in labelled.split(",")):
-            if not item:
-                continue
-            label, sep, key = item.partition("=")
-            label, _, weight = label.partition("*")
-            if not sep or not label.strip() or not key.strip():
-                # The item itself is not repeated: it may be a bare key.
-                raise ValueError("LLM_POD_API_KEYS: every item must read LABEL[*WEIGHT]=KEY")
-            if weight and not (weight.isdigit() and int(weight) > 0):
-                raise ValueError(f"LLM_POD_API_KEYS: the weight of {label!r} must be a positive integer")
-            out += [Credential(key.strip(), label.strip())] * int(weight or 1)
-        return out
-    return [Credential(k.strip()) for k in plain.split(",") if k.strip()] or [Credential()]
-
-
-def streams(n: int, share: float) -> bool:
-    """Whether a user's n-th call (from 0) streams: `share` of them, spread evenly, the first one streamed."""
-    return math.ceil((n + 1) * share) > math.ceil(n * share)
-
-
-def sse_data(line: bytes) -> bytes | None:
-    """The payload of one `data:` line of a server-sent-events stream, None for anything else."""
-    line = line.strip()
-    if not line.startswith(b"data:"):
-        return None
-    return line[5:].strip()
 
 
 class Tokens:
