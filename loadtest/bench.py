@@ -278,7 +278,7 @@ def run_locust(base: str, key: str, users: int, seconds: int, workdir: Path) -> 
     if not out.exists():
         raise RuntimeError(f"locust wrote no summary (exit {done.returncode}):\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
-    result["users"] = users
+    result["users"], result["run_time"] = users, seconds
     result["max_tokens"] = LOAD_MAX_TOKENS
     return result
 
@@ -298,6 +298,7 @@ def load_report(summary: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "users": summary["users"],
+        "run_time": summary["run_time"],
         "max_tokens": summary["max_tokens"],
         "seconds": summary["seconds"],
         "requests": sum(r["requests"] for r in calls),
@@ -470,9 +471,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Load (Locust, through nginx)",
         "",
-        f"`loadtest/locustfile.py` headless: {load['users']} users for {load['seconds']:.0f} s, three",
-        f"streamed chat completions for every one not, max_tokens {load['max_tokens']}, 0.5 to 2 s between a",
-        "user's calls. llama-cpp-python's server runs one completion at a time: the others wait, and their",
+        f"`loadtest/locustfile.py` headless, {load['users']} users for {load['run_time']} s",
+        f"(the completions in flight then ended by {load['seconds']:.0f} s): three streamed chat",
+        f"completions for every one not, max_tokens {load['max_tokens']}, 0.5 to 2 s between a user's",
+        "calls. llama-cpp-python's server runs one completion at a time: the others wait, and their",
         "time to the first token includes that wait.",
         "",
         f"{load['requests']} completions, {load['rps']:.2f} requests/s.",

@@ -71,7 +71,7 @@ def run_locust(pod: Pod, out: Path, users: int, seconds: int, env: dict[str, str
     )  # fmt: skip
     assert summary.exists(), done.stderr[-3000:]
     result: dict[str, Any] = json.loads(summary.read_text())
-    result["returncode"], result["users"], result["max_tokens"] = done.returncode, users, 8
+    result.update(returncode=done.returncode, users=users, run_time=seconds, max_tokens=8)
     return result
 
 
