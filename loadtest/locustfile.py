@@ -270,8 +270,8 @@ class ChatUser(FastHttpUser):
                     if data is None:
                         continue
                     if data == b"[DONE]":
-                        done = True
-                        break
+                        done = True  # read on to the end of the body: the connection is then reused
+                        continue
                     choices = json.loads(data).get("choices") or [{}]
                     if choices[0].get("delta", {}).get("content"):
                         tokens += 1
