@@ -89,7 +89,8 @@ def keys_command(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _redis_keys(args, RedisKeyAdmin(redis.Redis.from_url(url, decode_responses=True), args.prefix))
+        with redis.Redis.from_url(url, decode_responses=True) as client:
+            return _redis_keys(args, RedisKeyAdmin(client, args.prefix))
     except KeyFileError as err:
         print(err, file=sys.stderr)
         return 2

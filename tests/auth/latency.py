@@ -67,7 +67,7 @@ def main() -> None:
         tmp = Path(tmpdir)
         server = RedisServer(tmp)
         stack.callback(server.stop)
-        admin = RedisKeyAdmin(redis.Redis.from_url(server.url, decode_responses=True))
+        admin = RedisKeyAdmin(stack.enter_context(redis.Redis.from_url(server.url, decode_responses=True)))
         secret = tmp / "jwt-secret"
         secret.write_text(SECRET)
         env = {

@@ -63,10 +63,11 @@ class JwtPod:
     jwks: JwksServer
 
     def chat(self, token: str) -> int:
-        client = openai.OpenAI(base_url=self.pod.base + "/v1", api_key=token, max_retries=0, timeout=10)
-        return client.chat.completions.with_raw_response.create(
-            model=self.pod.model, messages=[{"role": "user", "content": "hi"}]
-        ).status_code
+        base = self.pod.base + "/v1"
+        with openai.OpenAI(base_url=base, api_key=token, max_retries=0, timeout=10) as client:
+            return client.chat.completions.with_raw_response.create(
+                model=self.pod.model, messages=[{"role": "user", "content": "hi"}]
+            ).status_code
 
 
 @pytest.fixture(scope="module")

@@ -55,13 +55,20 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSe
         server.stop()
 
 
+@pytest.fixture
+def admin(replicas: tuple[RedisServer, list[int]]) -> Iterator[RedisKeyAdmin]:
+    with redis.Redis.from_url(replicas[0].url, decode_responses=True) as client:
+        yield RedisKeyAdmin(client)
+
+
 def test_the_default_cache_is_within_the_stated_bound() -> None:
     assert Settings.__dataclass_fields__["redis_cache_seconds"].default <= REVOCATION_BOUND
 
 
-def test_a_revocation_reaches_every_replica_within_the_bound(replicas: tuple[RedisServer, list[int]]) -> None:
-    server, ports = replicas
-    admin = RedisKeyAdmin(redis.Redis.from_url(server.url, decode_responses=True))
+def test_a_revocation_reaches_every_replica_within_the_bound(
+    replicas: tuple[RedisServer, list[int]], admin: RedisKeyAdmin
+) -> None:
+    _, ports = replicas
     key = admin.create("to-revoke")
     for port in ports:
         assert auth_status(port, key) == 204
@@ -79,9 +86,10 @@ def test_a_revocation_reaches_every_replica_within_the_bound(replicas: tuple[Red
     assert max(landed.values()) <= REVOCATION_BOUND
 
 
-def test_a_per_minute_limit_holds_across_two_replicas(replicas: tuple[RedisServer, list[int]]) -> None:
-    server, ports = replicas
-    admin = RedisKeyAdmin(redis.Redis.from_url(server.url, decode_responses=True))
+def test_a_per_minute_limit_holds_across_two_replicas(
+    replicas: tuple[RedisServer, list[int]], admin: RedisKeyAdmin
+) -> None:
+    _, ports = replicas
     key = admin.create("shared-limit", limits={"rpm": 10})
     if 60 - time.time() % 60 < 8:  # keep the burst inside one minute window
         wait_until(lambda: time.time() % 60 < 50, 10, 0.2, "the next minute")

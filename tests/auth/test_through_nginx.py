@@ -75,8 +75,8 @@ def auth_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthPod]:
         "elsewhere": add_key(keys_file, "elsewhere", models=("some-other-model",)),
     }
     revoke_key(keys_file, "disabled")
-    admin = RedisKeyAdmin(redis.Redis.from_url(server.url, decode_responses=True))
-    keys["redis"] = admin.create("redis-user", priority=4)
+    with redis.Redis.from_url(server.url, decode_responses=True) as sync:
+        keys["redis"] = RedisKeyAdmin(sync).create("redis-user", priority=4)
     keys["jwt"] = token()
     keys["jwt-expired"] = token(exp=int(time.time()) - 120)
     secret_file = tmp / "jwt-secret"
@@ -101,9 +101,10 @@ def auth_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthPod]:
 
 
 def chat(ap: AuthPod, name: str | None) -> int:
-    raw = ap.client(name).chat.completions.with_raw_response.create(
-        model=ap.pod.model, messages=[{"role": "user", "content": "hi"}]
-    )
+    with ap.client(name) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=ap.pod.model, messages=[{"role": "user", "content": "hi"}]
+        )
     return raw.status_code
 
 
@@ -219,10 +220,10 @@ def test_redis_outage_fails_closed_and_heals(auth_pod: AuthPod) -> None:
 
 
 def chat_with(ap: AuthPod, key: str) -> int:
-    client = openai.OpenAI(base_url=ap.pod.base + "/v1", api_key=key, max_retries=0, timeout=10)
-    return client.chat.completions.with_raw_response.create(
-        model=ap.pod.model, messages=[{"role": "user", "content": "hi"}]
-    ).status_code
+    with openai.OpenAI(base_url=ap.pod.base + "/v1", api_key=key, max_retries=0, timeout=10) as client:
+        return client.chat.completions.with_raw_response.create(
+            model=ap.pod.model, messages=[{"role": "user", "content": "hi"}]
+        ).status_code
 
 
 def status_of(ap: AuthPod, name: str) -> int:

@@ -197,22 +197,23 @@ async def test_hs256_signed_with_the_rsa_public_key_is_refused(rs_client: Client
 
 @pytest.mark.parametrize("cooldown", [0.5])
 async def test_a_burst_of_unknown_kids_fetches_the_jwks_at_most_once_per_cooldown(
-    rs_client: Client, jwks: Jwks
+    rs_client: Client, jwks: Jwks, cooldown: float
 ) -> None:
     assert (await auth(rs_client, jwks.sign(claims())))[0] == 204
+    first_fetch = time.monotonic()
     assert jwks.fetches == 1
-    for i in range(50):  # within the cooldown of the first fetch: no fetch at all
-        assert (await auth(rs_client, jwks.sign(claims(), kid=f"unknown-{i}")))[0] == 401
-    assert jwks.fetches == 1
-    await asyncio.sleep(0.6)  # the cooldown passes (0.5 s, set above)
-    for i in range(50):  # one refetch for the first unknown kid, none for the other 49
-        assert (await auth(rs_client, jwks.sign(claims(), kid=f"again-{i}")))[0] == 401
-    assert jwks.fetches == 2
+    for burst in range(2):
+        for i in range(50):
+            assert (await auth(rs_client, jwks.sign(claims(), kid=f"unknown-{burst}-{i}")))[0] == 401
+        # The first fetch, then at most one for each cooldown that has passed since (on a busy machine
+        # a burst may outlast a cooldown; on a quiet one this is 1 after the first burst, 2 after the second).
+        assert jwks.fetches <= 1 + int((time.monotonic() - first_fetch) // cooldown), jwks.fetches
+        await asyncio.sleep(cooldown + 0.1)  # the cooldown passes: the next unknown kid may fetch again
+    assert jwks.fetches >= 2  # ... and did
     # A key the issuer publishes later is picked up once the cooldown allows another fetch.
     jwks.kid = "k2"
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(cooldown + 0.1)
     assert (await auth(rs_client, jwks.sign(claims(), kid="k2")))[0] == 204
-    assert jwks.fetches == 3
 
 
 @pytest.mark.parametrize("cooldown", [0.2])
