@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from sidecar.admission import Admission
 from sidecar.errors import error_json
 from sidecar.keys import KeyEntry, StaticKeyStore
 from sidecar.limits import Limiter
 from sidecar.metrics import METRICS, Metrics
+from sidecar.redis_conn import RedisGate, redis_client
 from sidecar.redis_keys import RedisKeyStore, StoreUnavailable
 from sidecar.request_end import InFlight, listen
 from sidecar.settings import Settings
@@ -77,6 +76,7 @@ class Authenticator:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        gate = RedisGate()  # one for the key store and the limits: one Redis, one verdict on it
         self.static = StaticKeyStore(settings.api_keys_file) if settings.api_keys_file else None
         self.redis = (
             RedisKeyStore(
@@ -84,6 +84,7 @@ class Authenticator:
                 settings.redis_prefix,
                 settings.redis_cache_seconds,
                 settings.redis_stale_seconds,
+                gate,
             )
             if redis_client is not None
             else None
@@ -97,6 +98,7 @@ class Authenticator:
             settings.lease_seconds,
             settings.default_rpm,
             settings.default_concurrency,
+            gate,
         )
         self.admission = Admission(settings, metrics, self.in_flight)
 
@@ -213,19 +215,6 @@ async def auth_handler(request: web.Request) -> web.Response:
             },
         )
     return to_response(decision)
-
-
-def redis_client(settings: Settings) -> aioredis.Redis:
-    # No retries and short timeouts: an auth decision waits for Redis at most `redis_timeout`,
-    # then falls back (cache, per-replica limits) or refuses.
-    return aioredis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
 
 
 def setup_auth(app: web.Application, settings: Settings) -> None:

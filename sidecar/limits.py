@@ -23,11 +23,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-import redis
 import redis.asyncio as aioredis
 
 from sidecar.keys import KeyEntry
 from sidecar.metrics import Metrics
+from sidecar.redis_conn import REDIS_FAILURES, RedisGate
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,11 @@ class Limiter:
         lease_seconds: float,
         default_rpm: int = 0,
         default_concurrency: int = 0,
+        gate: RedisGate | None = None,
     ) -> None:
         self.metrics = metrics
         self.client = client
+        self.gate = gate or RedisGate()
         self.prefix = prefix
         self.lease_seconds = lease_seconds
         self.default_rpm = default_rpm
@@ -156,14 +158,15 @@ class Limiter:
                 request_id,
                 int(self.lease_seconds) + 60,
             ]
+            script = self._script
             try:
-                result = [int(x) for x in await self._script(keys=keys, args=args)]
+                result = [int(x) for x in await self.gate.call(lambda: script(keys=keys, args=args))]
                 self._set_fallback(False)
                 if conc > 0 and result[0] == 1:
                     if len(self._redis_leases) > 100_000:  # reports lost en masse: Redis expires the leases
                         self._redis_leases.clear()
                     self._redis_leases[request_id] = entry.id
-            except (redis.RedisError, OSError, TimeoutError) as err:
+            except REDIS_FAILURES as err:
                 self._set_fallback(True, type(err).__name__)
         if result is None:
             result = self.memory.admit(entry.id, rpm, conc, request_id, now, self.lease_seconds)
@@ -187,5 +190,6 @@ class Limiter:
         held = self._redis_leases.pop(request_id, None)
         if held is None or self.client is None:
             return
-        with contextlib.suppress(redis.RedisError, OSError, TimeoutError):  # else it expires on its own
-            await self.client.zrem(f"{self.prefix}:leases:{held}", request_id)
+        client = self.client
+        with contextlib.suppress(*REDIS_FAILURES):  # else it expires on its own
+            await self.gate.call(lambda: client.zrem(f"{self.prefix}:leases:{held}", request_id))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
@@ -24,6 +25,7 @@ import redis
 import redis.asyncio as aioredis
 
 from sidecar.keys import LIMIT_NAMES, KeyEntry, KeyFileError, check_key_id, hash_key, new_key
+from sidecar.redis_conn import REDIS_FAILURES, RedisGate
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,15 @@ def entry_from_fields(digest: str, raw: dict[str, str]) -> KeyEntry:
 
 class RedisKeyStore:
     def __init__(
-        self, client: aioredis.Redis, prefix: str, cache_seconds: float, stale_seconds: float
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        cache_seconds: float,
+        stale_seconds: float,
+        gate: RedisGate | None = None,
     ) -> None:
         self.client = client
+        self.gate = gate or RedisGate()
         self.prefix = prefix
         self.cache_seconds = cache_seconds
         self.stale_seconds = stale_seconds
@@ -77,8 +85,10 @@ class RedisKeyStore:
         if cached is not None and now - cached[1] < self.cache_seconds:
             return cached[0]
         try:
-            raw = cast("dict[str, str]", await self.client.hgetall(f"{self.prefix}:key:{digest}"))
-        except (redis.RedisError, OSError, TimeoutError) as err:
+            raw = await self.gate.call(
+                lambda: cast("Awaitable[dict[str, str]]", self.client.hgetall(f"{self.prefix}:key:{digest}"))
+            )
+        except REDIS_FAILURES as err:
             if cached is not None and cached[0] is not None and now - cached[1] < self.stale_seconds:
                 return cached[0]
             raise StoreUnavailable(f"redis key lookup failed: {type(err).__name__}") from err

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
-from sidecar.auth import redis_client
 from sidecar.keys import KeyEntry, hash_key
 from sidecar.limits import Limiter, MemoryLimits
 from sidecar.metrics import Metrics
+from sidecar.redis_conn import RedisGate, redis_client
 from sidecar.redis_keys import RedisKeyAdmin, RedisKeyStore, StoreUnavailable
 from sidecar.settings import Settings
 from tests.harness import ROOT, RedisServer, free_port
@@ -28,6 +30,20 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sync_redis(redis_server: RedisServer) -> Iterator[Callable[[], redis.Redis]]:
+    """Synchronous clients (as the keys CLI uses), each closed after the test."""
+    made: list[redis.Redis] = []
+
+    def make() -> redis.Redis:
+        made.append(redis.Redis.from_url(redis_server.url, decode_responses=True))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
 
 
 @pytest.fixture
@@ -85,7 +101,8 @@ async def test_redis_down_falls_back_per_replica_and_recovers(
 ) -> None:
     caplog.set_level(logging.INFO)
     metrics = Metrics()
-    limiter = Limiter(metrics, client, "t", lease_seconds=60)
+    # No pause after a failure here (the pause has a test of its own): Redis is used the moment it is back.
+    limiter = Limiter(metrics, client, "t", lease_seconds=60, gate=RedisGate(pause=0))
     assert (await limiter.admit(entry(rpm=2), "r0")).allowed
     redis_server.kill()
     # Still limited (per replica now), never let through unlimited.
@@ -101,12 +118,12 @@ async def test_redis_down_falls_back_per_replica_and_recovers(
 
 
 async def test_redis_key_store_caches_revokes_and_survives_an_outage(
-    client: aioredis.Redis, redis_server: RedisServer
+    client: aioredis.Redis, redis_server: RedisServer, sync_redis: Callable[[], redis.Redis]
 ) -> None:
-    admin = RedisKeyAdmin(redis.Redis.from_url(redis_server.url, decode_responses=True), "t")
+    admin = RedisKeyAdmin(sync_redis(), "t")
     key = admin.create("alice", priority=4, limits={"rpm": 10})
     other = admin.create("bob")
-    store = RedisKeyStore(client, "t", cache_seconds=0.3, stale_seconds=1.5)
+    store = RedisKeyStore(client, "t", cache_seconds=0.3, stale_seconds=1.5, gate=RedisGate(pause=0))
     found = await store.lookup(key)
     assert found is not None
     assert (found.id, found.priority, found.limits) == ("alice", 4, {"rpm": 10})
@@ -133,9 +150,44 @@ async def test_redis_key_store_caches_revokes_and_survives_an_outage(
     with pytest.raises(StoreUnavailable):
         await store.lookup(other)
     redis_server.start()
-    admin2 = RedisKeyAdmin(redis.Redis.from_url(redis_server.url, decode_responses=True), "t")
+    admin2 = RedisKeyAdmin(sync_redis(), "t")
     new = admin2.create("bob")  # the restarted Redis kept nothing (no persistence in this test)
     assert (await store.lookup(new)) is not None
+
+
+async def test_a_hung_redis_costs_one_timeout_per_pause_not_one_per_decision(
+    client: aioredis.Redis, redis_server: RedisServer, sync_redis: Callable[[], redis.Redis]
+) -> None:
+    key = RedisKeyAdmin(sync_redis(), "t").create("dora", limits={"rpm": 3})
+    gate = RedisGate(pause=1.0)
+    metrics = Metrics()
+    store = RedisKeyStore(client, "t", cache_seconds=0, stale_seconds=30, gate=gate)  # always asks Redis
+    limiter = Limiter(metrics, client, "t", lease_seconds=60, gate=gate)
+    assert await store.lookup(key) is not None
+    if 60 - time.time() % 60 < 5:  # keep the decisions inside one minute window
+        await asyncio.sleep(60 - time.time() % 60)
+    assert redis_server.proc is not None
+    redis_server.proc.signal(signal.SIGSTOP)  # hung: connections are accepted, nothing answers
+    try:
+        started = time.monotonic()
+        allowed = []
+        for i in range(20):
+            found = await store.lookup(key)  # from the cache, once Redis has not answered
+            assert found is not None
+            allowed.append((await limiter.admit(found, f"r{i}")).allowed)
+        elapsed = time.monotonic() - started
+    finally:
+        redis_server.proc.signal(signal.SIGCONT)
+    # Waiting out the 0.25 s timeout on each call would take 20 x 2 x 0.25 = 10 s.
+    assert elapsed < 2.0, elapsed
+    assert allowed == [True] * 3 + [False] * 17  # limited per replica meanwhile, never open
+    assert metrics.rate_limit_fallback._value.get() == 1
+    # Redis answers again: the first call after the pause finds out, and limits are shared again.
+    deadline = time.monotonic() + 10
+    while metrics.rate_limit_fallback._value.get() == 1 and time.monotonic() < deadline:
+        await limiter.admit(entry("probe", rpm=1000), f"p{time.monotonic_ns()}")
+        await asyncio.sleep(0.1)
+    assert metrics.rate_limit_fallback._value.get() == 0
 
 
 def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -148,7 +200,9 @@ def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_keys_cli_on_redis_prints_a_key_once(redis_server: RedisServer) -> None:
+def test_keys_cli_on_redis_prints_a_key_once(
+    redis_server: RedisServer, sync_redis: Callable[[], redis.Redis]
+) -> None:
     url = redis_server.url
     made = keys_cli("create", "--redis", url, "--id", "carol", "--priority", "2", "--rpm", "30")
     assert made.returncode == 0, made.stderr
@@ -164,7 +218,7 @@ def test_keys_cli_on_redis_prints_a_key_once(redis_server: RedisServer) -> None:
     rotated = keys_cli("rotate", "--redis", url, "--id", "carol").stdout.strip()
     assert rotated.startswith("sk-lp-")
     assert rotated != key
-    raw = redis.Redis.from_url(url, decode_responses=True)
+    raw = sync_redis()
     assert not raw.exists(f"llm-pod:key:{hash_key(key)}")  # the old key is gone
     assert raw.hget(f"llm-pod:key:{hash_key(rotated)}", "priority") == "2"  # metadata kept
     assert keys_cli("revoke", "--redis", url, "--id", "carol").returncode == 0
