@@ -34,4 +34,4 @@ until [ "$(kubectl get deployment gemma-llm-pod -o jsonpath='{.spec.replicas}')"
 kubectl -n keda port-forward svc/keda-add-ons-http-interceptor-proxy 18080:8080 >/dev/null &
 trap 'kill %1 2>/dev/null; kind delete cluster --name "$cluster"' EXIT
 until curl -s -o /dev/null http://127.0.0.1:18080/; do sleep 1; done
-python3 -m loadtest.coldstart --url http://127.0.0.1:18080/gemma-3-270m --key "$key" --deadline 900
+LLM_POD_API_KEY="$key" python3 -m loadtest.coldstart --url http://127.0.0.1:18080/gemma-3-270m --deadline 900
