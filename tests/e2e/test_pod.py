@@ -9,6 +9,7 @@ import re
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,8 +21,21 @@ from tests.conftest import Pod, http_get
 PROMPT = [{"role": "user", "content": "Count from 1 to 40, separated by spaces."}]
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def client(pod: Pod, key: str | None = None, prefix: str = "") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{pod.base}{prefix}/v1", api_key=key or pod.key, max_retries=0, timeout=60)
+    """An openai client for this pod; closed when the module's tests are done."""
+    made = openai.OpenAI(base_url=f"{pod.base}{prefix}/v1", api_key=key or pod.key, max_retries=0, timeout=60)
+    _CLIENTS.append(made)
+    return made
 
 
 def assert_openai_error(body: bytes | object, code: str | None = None) -> dict[str, object]:

@@ -20,11 +20,13 @@ def test_low_priority_is_refused_first_while_the_engine_is_saturated(
     env = {"LLM_POD_SATURATION_QUEUE": "1", "LLM_POD_PRIORITY_MIN_UNDER_LOAD": "5"}
     pod = start_pod(tmp_path, model_path, ("engine", "sidecar", "nginx"), extra_env=env)
     low = add_key(pod.keys_file, "batch-job", priority=1)
+    made: list[openai.OpenAI] = []
     try:
         wait_until(lambda: http_get(pod.base + "/ready")[0] == 200, 120, 0.1, "the pod to be ready")
 
         def client(key: str) -> openai.OpenAI:
-            return openai.OpenAI(base_url=pod.base + "/v1", api_key=key, max_retries=0, timeout=120)
+            made.append(openai.OpenAI(base_url=pod.base + "/v1", api_key=key, max_retries=0, timeout=120))
+            return made[-1]
 
         messages = [{"role": "user", "content": "Tell me a long story about the sea."}]
         # Idle engine: the low-priority key is served (after the keys file reload, at most 1 s).
@@ -74,6 +76,8 @@ def test_low_priority_is_refused_first_while_the_engine_is_saturated(
         metrics = http_get(f"http://127.0.0.1:{pod.ports.metrics}/metrics")[2].decode()
         assert 'llm_pod_key_denials_total{key_id="batch-job",reason="overloaded"} 1.0' in metrics
     finally:
+        for opened in made:
+            opened.close()
         stop_pod(pod)
 
 

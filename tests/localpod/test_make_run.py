@@ -32,9 +32,10 @@ def test_make_run_prints_a_working_key_and_example(tmp_path: Path) -> None:
         ).group(1)
         wait_until(lambda: http_get(base + "/ready")[0] == 200, 180, 0.1, "the pod to be ready")
 
-        reply = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0).chat.completions.create(
-            model="gemma-3-270m", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8
-        )
+        with openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0) as made:
+            reply = made.chat.completions.create(
+                model="gemma-3-270m", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8
+            )
         assert reply.choices[0].message.content
 
         # The curl example, exactly as printed (continuation lines and all), run by bash.
