@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sidecar.settings import Settings
 from tests.chart.tools import ROOT, ToolError, checkov, helm
 
 CHART = ROOT / "charts" / "llm-pod"
@@ -392,3 +393,34 @@ def test_checkov_passes_on_the_chart() -> None:
         f for f in checkov_failures("-d", str(CHART), "--framework", "helm") if f["check_id"] != "CKV_K8S_21"
     ]
     assert not failed, [(f["check_id"], f["resource"]) for f in failed]
+
+
+def test_jwks_and_hmac_secret_are_exclusive() -> None:
+    done = run_helm(
+        "template", "t", str(CHART), "--set", "auth.jwt.enabled=true", "--set", "auth.jwt.jwksUrl=https://idp/jwks",
+        "--set", "auth.jwt.secret.existingSecret=s",
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "not both" in done.stderr
+
+
+@pytest.mark.parametrize("scenario", ["default", *SCENARIOS])
+def test_the_sidecar_accepts_the_settings_the_chart_renders(scenario: str, tmp_path: Path) -> None:
+    """The chart's env for the sidecar, as the sidecar reads it: every name and value must pass
+    Settings.from_env (mounted files stand in as temporary files, Secret values as sample values)."""
+    sidecar = containers(rendered(scenario))["sidecar"]
+    env: dict[str, str] = {}
+    for item in sidecar["env"]:
+        name = item["name"]
+        if "valueFrom" in item:
+            env[name] = "redis://127.0.0.1:6379/0" if name == "LLM_POD_REDIS_URL" else "sample"
+        elif name.endswith("_FILE"):
+            stand_in = tmp_path / Path(item["value"]).name
+            stand_in.write_text("keys: []\n" if name == "LLM_POD_API_KEYS_FILE" else "s" * 64)
+            env[name] = str(stand_in)
+        else:
+            env[name] = str(item["value"])
+    assert all(name.startswith("LLM_POD_") for name in env)
+    settings = Settings.from_env(env)
+    assert settings.served_model == env["LLM_POD_SERVED_MODEL"]
+    assert settings.engine_port == int(env["LLM_POD_ENGINE_PORT"])

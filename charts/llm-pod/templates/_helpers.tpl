@@ -66,6 +66,9 @@ llm-pod/model: {{ .Values.model.servedName | replace "/" "_" | replace ":" "_" |
 {{- if and (not .Values.auth.staticKeys.existingSecret) (not .Values.auth.staticKeys.generate) (not .Values.auth.jwt.enabled) (not .Values.auth.redis.enabled) }}
 {{- fail "no credential source: set auth.staticKeys.existingSecret, auth.jwt.enabled or auth.redis.enabled" }}
 {{- end }}
+{{- if and .Values.auth.jwt.enabled .Values.auth.jwt.jwksUrl .Values.auth.jwt.secret.existingSecret }}
+{{- fail "auth.jwt: set jwksUrl (RS/PS/ES algorithms) or secret.existingSecret (HS algorithms), not both" }}
+{{- end }}
 {{- if and .Values.auth.redis.enabled (not .Values.auth.redis.existingSecret) }}
 {{- fail "auth.redis.enabled needs auth.redis.existingSecret (a Secret holding the Redis URL)" }}
 {{- end }}
