@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from sidecar.settings import Settings
 
@@ -48,13 +48,15 @@ class RedisGate:
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    # No retries and short timeouts: an auth decision waits for Redis at most `redis_timeout`
-    # per call, then falls back (cache, per-replica limits) or refuses.
+    # Short timeouts: an auth decision waits for Redis at most `redis_timeout` per call, then falls
+    # back (cache, per-replica limits) or refuses. One immediate retry on a connection error only:
+    # after Redis restarts, each pooled connection fails once on its dead socket, and that must not
+    # look like an outage; a timeout (a hung Redis) is never retried.
     return aioredis.from_url(
         settings.redis_url,
         decode_responses=True,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=0,
     )

@@ -215,7 +215,8 @@ def test_redis_outage_fails_closed_and_heals(auth_pod: AuthPod) -> None:
         auth_pod.redis.start()
     # Redis back: normal service, nothing restarted.
     wait_until(lambda: status_of(auth_pod, "redis") == 200, 5, 0.1, "the Redis key to work again")
-    status_of(auth_pod, "single")
+    # The next limited request is counted in Redis again, and the fallback ends.
+    assert status_of(auth_pod, "single") == 200
     assert "llm_pod_rate_limit_fallback 0.0" in auth_pod.metrics()
 
 
