@@ -1,10 +1,11 @@
 """The Redis connection that the key store and the limits share, and when not to use it.
 
-No retries and short timeouts: one call waits for Redis at most `LLM_POD_REDIS_TIMEOUT`. After a
-call fails, no call tries Redis for `PAUSE_SECONDS`: while Redis hangs or its packets are dropped
-(rather than its connections refused), every decision would otherwise wait out that timeout, twice
-(the key lookup, the limits). Meanwhile callers do what they do when Redis fails (cached keys,
-per-replica limits; never open), and the first call after the pause finds out whether it is back.
+Short timeouts, and no retry after a timeout (one after a dead pooled connection): one call waits
+for Redis at most `LLM_POD_REDIS_TIMEOUT`. After a call fails, no call tries Redis for
+`PAUSE_SECONDS`: while Redis hangs or its packets are dropped (rather than its connections refused),
+every decision would otherwise wait out that timeout, twice (the key lookup, the limits). Meanwhile
+callers do what they do when Redis fails (cached keys, per-replica limits; never open), and the
+first call after the pause finds out whether it is back.
 """
 
 from __future__ import annotations
