@@ -215,9 +215,15 @@ def test_redis_outage_fails_closed_and_heals(auth_pod: AuthPod) -> None:
         auth_pod.redis.start()
     # Redis back: normal service, nothing restarted.
     wait_until(lambda: status_of(auth_pod, "redis") == 200, 5, 0.1, "the Redis key to work again")
-    # The next limited request is counted in Redis again, and the fallback ends.
-    assert status_of(auth_pod, "single") == 200
-    assert "llm_pod_rate_limit_fallback 0.0" in auth_pod.metrics()
+
+    # Limited requests are counted in Redis again and the fallback ends, within a few seconds (a Redis
+    # that has just restarted may still be loading its data, or the 1 s pause may still run).
+    def shared_again() -> bool:
+        return (
+            status_of(auth_pod, "single") == 200 and "llm_pod_rate_limit_fallback 0.0" in auth_pod.metrics()
+        )
+
+    wait_until(shared_again, 5, 0.2, "limits to be shared through Redis again")
 
 
 def chat_with(ap: AuthPod, key: str) -> int:
