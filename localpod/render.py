@@ -28,8 +28,20 @@ DEFAULTS = {
 }
 
 
+# The per-model path prefix nginx strips: one or more path segments, no trailing slash.
+PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
 class RenderError(ValueError):
     pass
+
+
+def with_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """The template's values: DEFAULTS, then `env`; the path prefix defaults to /<served model>."""
+    values = {**DEFAULTS, **env}
+    if not values.get("LLM_POD_PATH_PREFIX") and values.get("LLM_POD_SERVED_MODEL"):
+        values["LLM_POD_PATH_PREFIX"] = "/" + values["LLM_POD_SERVED_MODEL"]
+    return values
 
 
 def placeholders(text: str) -> set[str]:
@@ -43,6 +55,9 @@ def render(text: str, env: Mapping[str, str]) -> str:
     unsafe = sorted(n for n in placeholders(text) if re.search(r"[\s;{}'\"$\\]", env[n]))
     if unsafe:
         raise RenderError("these values would break the nginx config: " + ", ".join(unsafe))
+    prefix = env.get("LLM_POD_PATH_PREFIX")
+    if prefix is not None and not PATH_PREFIX.fullmatch(prefix):
+        raise RenderError(f"LLM_POD_PATH_PREFIX must look like /name or /a/b, not {prefix!r}")
     return PLACEHOLDER.sub(lambda m: env[m.group(1)], text)
 
 
@@ -50,7 +65,7 @@ def render_to(prefix: Path, env: Mapping[str, str], template: Path = TEMPLATE) -
     """Write `<prefix>/llm-pod.conf` for `nginx -p <prefix> -c <prefix>/llm-pod.conf`."""
     prefix.mkdir(parents=True, exist_ok=True)
     out = prefix / "llm-pod.conf"
-    out.write_text(render(template.read_text(encoding="utf-8"), {**DEFAULTS, **env}), encoding="utf-8")
+    out.write_text(render(template.read_text(encoding="utf-8"), with_defaults(env)), encoding="utf-8")
     return out
 
 

@@ -5,9 +5,18 @@ set -eu
 template=${LLM_POD_NGINX_TEMPLATE:-/etc/llm-pod/llm-pod.conf.template}
 prefix=${LLM_POD_NGINX_PREFIX:-/var/lib/llm-pod/nginx}
 
+# The per-model path prefix nginx strips defaults to /<served model>, as `python -m localpod.render` does.
+if [ -z "${LLM_POD_PATH_PREFIX:-}" ] && [ -n "${LLM_POD_SERVED_MODEL:-}" ]; then
+  export LLM_POD_PATH_PREFIX="/$LLM_POD_SERVED_MODEL"
+fi
+case "${LLM_POD_PATH_PREFIX:-}" in
+  */|*[!A-Za-z0-9._~/-]*) echo "llm-pod nginx: LLM_POD_PATH_PREFIX must look like /name or /a/b" >&2; exit 2 ;;
+esac
+
 # Every placeholder must have a value: an empty port or size would make a config that looks fine
 # and listens nowhere.
 missing=""
+[ -n "${LLM_POD_SERVED_MODEL:-}" ] || missing=" LLM_POD_SERVED_MODEL"   # the path prefix's default
 for name in $(grep -o '\${LLM_POD_[A-Z0-9_]*}' "$template" | tr -d '${}' | sort -u); do
   eval "value=\${$name:-}"
   [ -n "$value" ] || missing="$missing $name"

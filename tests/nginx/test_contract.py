@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localpod.render import TEMPLATE, render
+from localpod.render import TEMPLATE, render, with_defaults
 from sidecar.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import Pod, start_echo_pod, stop_pod
 from tests.harness import require_tool, wait_until
@@ -101,7 +101,7 @@ def test_template_renders_the_same_with_envsubst(echo_pod: Pod, tmp_path: Path) 
     """The image renders the template with envsubst; make run and the tests with localpod.render."""
     require_tool("envsubst")
     text = TEMPLATE.read_text()
-    env = {k: v for k, v in echo_pod.env.items() if k.startswith("LLM_POD_")}
+    env = with_defaults({k: v for k, v in echo_pod.env.items() if k.startswith("LLM_POD_")})
     names = " ".join(f"${{{k}}}" for k in sorted(env))
     by_envsubst = subprocess.run(
         [shutil.which("envsubst") or "envsubst", names],

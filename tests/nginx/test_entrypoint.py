@@ -51,3 +51,32 @@ def test_entrypoint_names_every_missing_setting(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "LLM_POD_ENGINE_PORT" in done.stderr
     assert "LLM_POD_SERVED_MODEL" in done.stderr
+
+
+def test_entrypoint_routes_a_configured_path_prefix(tmp_path: Path) -> None:
+    """A gateway's own per-model prefix (LLM_POD_PATH_PREFIX) is the one nginx strips; the default
+    /<served model> is then unknown. No sidecar runs here: the prefix reaching auth (503) shows the route."""
+    require_tool("nginx")
+    require_tool("envsubst")
+    env = {**image_env(tmp_path), "LLM_POD_PATH_PREFIX": "/models/m1"}
+    proc = Proc("nginx-prefix", ["sh", str(ENTRYPOINT)], env, tmp_path)
+    try:
+        base = f"http://127.0.0.1:{env['LLM_POD_LISTEN_PORT']}"
+        wait_until(lambda: http_get(base + "/nowhere")[0] == 404, 10, 0.05, "nginx from the entrypoint")
+        status, _, body = http_get(base + "/models/m1/v1/models")
+        assert status == 503
+        assert b'"code":"auth_unavailable"' in body
+        status, _, body = http_get(base + "/m1/v1/models")
+        assert status == 404
+        assert b"/models/m1/v1/" in body
+    finally:
+        proc.stop()
+
+
+def test_entrypoint_refuses_a_malformed_path_prefix(tmp_path: Path) -> None:
+    env = {**image_env(tmp_path), "LLM_POD_PATH_PREFIX": "/m1/"}
+    done = subprocess.run(
+        ["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=10, check=False
+    )
+    assert done.returncode == 2
+    assert "LLM_POD_PATH_PREFIX" in done.stderr
