@@ -9,7 +9,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
+from sidecar.keys import KeyFileError, read_key_file
+
 PREFIX = "LLM_POD_"
+# The sidecar decides who may use the engine: only nginx, in the same pod, may reach it.
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 # A served model name becomes an nginx location prefix (/<model>/v1/...) and a Prometheus label:
 # keep it to characters that are literal in both.
@@ -100,6 +104,17 @@ class Settings:
             )
         elif self.api_keys_file is not None and not self.api_keys_file.is_file():
             found.append(f"{PREFIX}API_KEYS_FILE={self.api_keys_file}: no such file")
+        elif self.api_keys_file is not None:
+            # Parsed once here so a broken file stops the sidecar with the other problems, before it serves.
+            try:
+                read_key_file(self.api_keys_file)
+            except KeyFileError as err:
+                found.append(f"{PREFIX}API_KEYS_FILE: {err}")
+        if self.sidecar_host not in LOOPBACK_HOSTS:
+            found.append(
+                f"{PREFIX}SIDECAR_HOST={self.sidecar_host!r}: the sidecar answers nginx inside the pod only; "
+                f"one of {', '.join(LOOPBACK_HOSTS)}"
+            )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             found.append(f"{PREFIX}REDIS_URL: must start with redis://, rediss:// or unix://")
         if not 0.01 <= self.redis_timeout <= 5:

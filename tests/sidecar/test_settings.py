@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,34 @@ def test_a_jwt_audience_alone_is_not_silently_ignored() -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"LLM_POD_SERVED_MODEL": "m", "LLM_POD_JWT_AUDIENCE": "llm-pod"})
     assert "LLM_POD_JWT_ALGORITHMS is required with JWTs, e.g. RS256 or HS256" in caught.value.problems
+
+
+def test_a_broken_keys_file_is_a_settings_problem(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys:\n  - id: a\n    sha256: not-a-hash\n")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            {"LLM_POD_SERVED_MODEL": "m", "LLM_POD_API_KEYS_FILE": str(keys), "LLM_POD_ENGINE_PORT": "x"}
+        )
+    assert len(caught.value.problems) == 2  # the file and the port, in one message
+    assert "LLM_POD_API_KEYS_FILE" in str(caught.value)
+
+
+def test_the_sidecar_binds_loopback_only(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys: []\n")
+    with pytest.raises(SettingsError, match=r"SIDECAR_HOST='0\.0\.0\.0'"):
+        Settings(served_model="m", api_keys_file=keys, sidecar_host="0.0.0.0")
+
+
+def test_the_sidecar_stops_with_one_message_on_a_broken_keys_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys: [ {id: a, sha256: 'x'\n")  # not even YAML
+    env = {**os.environ, "LLM_POD_SERVED_MODEL": "m", "LLM_POD_API_KEYS_FILE": str(keys)}
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("invalid llm-pod settings:")
+    assert "LLM_POD_API_KEYS_FILE" in done.stderr
+    assert "Traceback" not in done.stderr
