@@ -20,7 +20,7 @@ help:
 	@echo "make bench  benchmarks (see docs/benchmarks.md)"
 	@echo "make e2e-pod  scale from zero on a local kind cluster (needs docker, kind, kubectl, helm)"
 
-# nginx 1.22+ with auth_request, redis-server, and envsubst (the image's renderer), from the distribution.
+# nginx 1.22+ with auth_request, redis-server, envsubst (the image's renderer) and python3-venv, from the distribution.
 system-deps:
 	@if ! command -v nginx >/dev/null || ! command -v redis-server >/dev/null || ! command -v envsubst >/dev/null \
 	    || ! nginx -V 2>&1 | grep -q http_auth_request_module; then \
@@ -28,8 +28,14 @@ system-deps:
 	  $(SUDO) apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx redis-server gettext-base; \
 	fi
+	@# Debian's and Ubuntu's python3 makes no virtualenv without python3-venv (ensurepip).
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  echo "installing python3-venv (apt-get)"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends python3-venv; \
+	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	@echo "installing Python dependencies (the first run compiles llama-cpp-python: ~10 min on 2 cores)"
