@@ -34,6 +34,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# Flags the pod owns. --config_file would replace the whole command line, --host among it.
+OWNED_FLAGS = ("--host", "--port", "--model_alias", "--interrupt_requests", "--config_file")
+
+
+def owned_flag(arg: str) -> bool:
+    """Whether `arg` names an owned flag, abbreviations included (argparse accepts any unique prefix)."""
+    name = arg.split("=", 1)[0]
+    return name.startswith("--") and len(name) > 2 and any(flag.startswith(name) for flag in OWNED_FLAGS)
+
+
 def server_args(environ: Mapping[str, str]) -> list[str]:
     """The llama_cpp.server command line for these settings; every problem is reported at once."""
     env = {**DEFAULTS, **{k: v for k, v in environ.items() if k.startswith("LLM_POD_")}}
@@ -55,10 +65,10 @@ def server_args(environ: Mapping[str, str]) -> list[str]:
         else:
             numbers[name] = value
     extra = shlex.split(env["LLM_POD_ENGINE_EXTRA_ARGS"])
-    if any(a.split("=")[0] in ("--host", "--port", "--model_alias", "--interrupt_requests") for a in extra):
+    if any(owned_flag(a) for a in extra):
         problems.append(
-            "LLM_POD_ENGINE_EXTRA_ARGS may not set --host, --port, --model_alias or "
-            "--interrupt_requests: the pod owns them"
+            "LLM_POD_ENGINE_EXTRA_ARGS may not set --host, --port, --model_alias, --interrupt_requests "
+            "or --config_file (or an abbreviation of one): the pod owns them"
         )
     if problems:
         raise EngineConfigError("invalid engine settings:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -92,6 +102,7 @@ def engine_environ(environ: Mapping[str, str]) -> dict[str, str]:
     from llama_cpp.server.settings import ModelSettings, ServerSettings  # noqa: PLC0415 - only at exec
 
     fields = {name.lower() for model in (ServerSettings, ModelSettings) for name in model.model_fields}
+    fields.add("config_file")  # llama_cpp.server reads CONFIG_FILE itself: it would replace every flag
     return {k: v for k, v in environ.items() if k.lower() not in fields}
 
 

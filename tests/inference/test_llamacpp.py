@@ -29,8 +29,9 @@ def test_engine_always_binds_loopback_and_never_interrupts(tmp_path: Path) -> No
 def test_extra_args_cannot_move_the_engine_off_loopback(tmp_path: Path) -> None:
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
-    with pytest.raises(EngineConfigError, match="may not set --host"):
-        server_args(env(model, LLM_POD_ENGINE_EXTRA_ARGS="--host=0.0.0.0"))
+    for extra in ("--host=0.0.0.0", "--hos 0.0.0.0", "--config_file x.yaml", "--conf x.json", "--po 1"):
+        with pytest.raises(EngineConfigError, match="may not set --host"):
+            server_args(env(model, LLM_POD_ENGINE_EXTRA_ARGS=extra))
     assert server_args(env(model, LLM_POD_ENGINE_EXTRA_ARGS="--flash_attn true"))[-2:] == [
         "--flash_attn",
         "true",
@@ -48,6 +49,6 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
 
 def test_llama_settings_variables_are_dropped_from_the_engine_environment() -> None:
     cleaned = engine_environ(
-        {"PORT": "5000", "HOST": "0.0.0.0", "API_KEY": "x", "N_CTX": "1", "PATH": "/bin"}
+        {"PORT": "5000", "HOST": "0.0.0.0", "API_KEY": "x", "N_CTX": "1", "CONFIG_FILE": "c", "PATH": "/bin"}
     )
     assert cleaned == {"PATH": "/bin"}
