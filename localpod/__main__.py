@@ -11,10 +11,12 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from inference.fetch_model import FetchError, fetch
 from localpod.pod import (
+    BUNDLED_CHAT_FORMAT,
     BUNDLED_MODEL_NAME,
     BUNDLED_MODEL_SOURCE,
     Ports,
@@ -71,6 +73,38 @@ EOF
 """
 
 
+def ports_from_env(listen: int) -> Ports:
+    def port(name: str) -> int:
+        return int(os.environ.get(f"LLM_POD_{name}_PORT") or DEFAULTS[f"LLM_POD_{name}_PORT"])
+
+    return Ports(
+        listen=listen,
+        metrics=port("METRICS"),
+        sidecar=port("SIDECAR"),
+        engine=port("ENGINE"),
+        request_end=port("REQUEST_END"),
+    )
+
+
+def run_env(ports: Ports, model_path: Path, keys_file: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The pod's environment: the bundled model's settings, then every LLM_POD_* the user set (README's
+    configuration table), except the keys file: make run's key must be the one that works."""
+    own_model = bool(environ.get("LLM_POD_MODEL_PATH"))
+    env = pod_env(
+        ports,
+        model_path,
+        keys_file,
+        served_model=BUNDLED_MODEL_NAME if not own_model else model_path.stem,
+        # the bundled model needs llama.cpp's `gemma` format; another model brings its own template
+        chat_format=BUNDLED_CHAT_FORMAT if not own_model else "",
+    )
+    env.update(
+        {k: v for k, v in environ.items() if k.startswith("LLM_POD_") and v and k != "LLM_POD_API_KEYS_FILE"}
+    )
+    env["LLM_POD_NGINX_STATUS_URL"] = f"http://127.0.0.1:{ports.metrics}/nginx_status"
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".run")
@@ -78,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="do everything but start the processes")
     args = parser.parse_args(argv)
 
-    ports = Ports(
-        listen=args.port,
-        metrics=int(os.environ.get("LLM_POD_METRICS_PORT", DEFAULTS["LLM_POD_METRICS_PORT"])),
-        sidecar=int(os.environ.get("LLM_POD_SIDECAR_PORT", DEFAULTS["LLM_POD_SIDECAR_PORT"])),
-        engine=int(os.environ.get("LLM_POD_ENGINE_PORT", DEFAULTS["LLM_POD_ENGINE_PORT"])),
-    )
+    ports = ports_from_env(args.port)
     busy = [str(p) for p in (ports.listen, ports.metrics, ports.sidecar, ports.engine) if not port_free(p)]
     if busy and not args.prepare_only:
         print(
@@ -91,21 +120,29 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    try:
-        model_path = fetch(BUNDLED_MODEL_SOURCE, model_cache())
-    except FetchError as err:
-        print(f"make run: {err}", file=sys.stderr)
-        return 1
+    own_model = os.environ.get("LLM_POD_MODEL_PATH")
+    if own_model:
+        model_path = Path(own_model).resolve()
+        if not model_path.is_file():
+            print(f"make run: LLM_POD_MODEL_PATH={own_model}: no such file", file=sys.stderr)
+            return 1
+    else:
+        try:
+            model_path = fetch(BUNDLED_MODEL_SOURCE, model_cache())
+        except FetchError as err:
+            print(f"make run: {err}", file=sys.stderr)
+            return 1
     state = args.state_dir.resolve()
     keys_file = state / "keys.yaml"
     key = add_key(keys_file, "make-run")
-    env = pod_env(ports, model_path, keys_file)
+    env = run_env(ports, model_path, keys_file, os.environ)
+    env["LLM_POD_LISTEN_PORT"] = str(ports.listen)
     nginx_prefix = state / "nginx"
     prepare_nginx(nginx_prefix, env)
     cmds = commands(nginx_prefix)
     procfile_path = state / "Procfile"
     procfile_path.write_text(procfile(cmds), encoding="utf-8")
-    print(banner(ports.listen, key, BUNDLED_MODEL_NAME), flush=True)
+    print(banner(ports.listen, key, env["LLM_POD_SERVED_MODEL"]), flush=True)
     if args.prepare_only:
         return 0
     honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or shutil.which("honcho")

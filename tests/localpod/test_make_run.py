@@ -9,7 +9,10 @@ import subprocess
 from pathlib import Path
 
 import openai
+import pytest
 
+from localpod.__main__ import ports_from_env, run_env
+from localpod.pod import BUNDLED_MODEL_NAME
 from tests.conftest import http_get
 from tests.harness import Proc, free_port, python, require_tool, wait_until
 
@@ -20,7 +23,7 @@ def run_bash(script: str) -> subprocess.CompletedProcess[str]:
 
 def test_make_run_prints_a_working_key_and_example(tmp_path: Path) -> None:
     require_tool("nginx")
-    ports = {name: free_port() for name in ("LISTEN", "METRICS", "SIDECAR", "ENGINE")}
+    ports = {name: free_port() for name in ("LISTEN", "METRICS", "SIDECAR", "ENGINE", "REQUEST_END")}
     env = {f"LLM_POD_{name}_PORT": str(port) for name, port in ports.items()}
     runner = Proc(
         "make-run", [python(), "-m", "localpod", "--state-dir", str(tmp_path / "state")], env, tmp_path
@@ -60,7 +63,33 @@ def test_make_run_prints_a_working_key_and_example(tmp_path: Path) -> None:
         runner.popen.wait(30)
         code = runner.stop()  # already exited: collects the code and closes the log
     assert code in (0, 130, -signal.SIGINT), runner.output()[-2000:]
-    for port in ports.values():
+    for port in (p for name, p in ports.items() if name != "REQUEST_END"):  # that one is UDP
         wait_until(
             lambda p=port: http_get(f"http://127.0.0.1:{p}/", 0.5)[0] == 0, 10, what=f"port {port} to close"
         )
+
+
+def test_make_run_honours_the_users_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's configuration table holds for `make run` too: every LLM_POD_* the user sets wins,
+    but for the keys file (the printed key must work); another model drops the bundled chat format."""
+    monkeypatch.setenv("LLM_POD_REQUEST_END_PORT", "18082")
+    ports = ports_from_env(18080)
+    assert (ports.listen, ports.request_end) == (18080, 18082)
+    keys = tmp_path / "keys.yaml"
+    bundled = run_env(ports, tmp_path / "gemma.gguf", keys, {})
+    assert (bundled["LLM_POD_SERVED_MODEL"], bundled["LLM_POD_CHAT_FORMAT"]) == (BUNDLED_MODEL_NAME, "gemma")
+    user = {
+        "LLM_POD_MODEL_PATH": str(tmp_path / "qwen2.5-0.5b.gguf"),
+        "LLM_POD_CTX_SIZE": "8192",
+        "LLM_POD_API_KEYS_FILE": "/elsewhere.yaml",
+        "HOME": "/root",
+    }
+    own = run_env(ports, tmp_path / "qwen2.5-0.5b.gguf", keys, user)
+    assert own["LLM_POD_SERVED_MODEL"] == "qwen2.5-0.5b"
+    assert own["LLM_POD_CHAT_FORMAT"] == ""  # the gguf's own chat template
+    assert own["LLM_POD_CTX_SIZE"] == "8192"
+    assert own["LLM_POD_API_KEYS_FILE"] == str(keys)
+    assert own["LLM_POD_REQUEST_END_PORT"] == "18082"
+    assert "HOME" not in own
+    named = run_env(ports, tmp_path / "q.gguf", keys, {**user, "LLM_POD_SERVED_MODEL": "qwen"})
+    assert named["LLM_POD_SERVED_MODEL"] == "qwen"
