@@ -101,6 +101,23 @@ def test_helm_lint_strict(scenario: str, helm_name: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(("helm_name", "major"), [("helm3", "v3."), ("helm4", "v4.")])
+def test_each_helm_binary_is_the_major_it_claims(helm_name: str, major: str) -> None:
+    done = run_helm("version", "--short", helm_name=helm_name)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(major), done.stdout
+
+
+@pytest.mark.parametrize("scenario", ["default", *SCENARIOS])
+def test_helm4_renders_what_helm3_renders(scenario: str) -> None:
+    """Every test below reads helm 3's output; helm 4 must render the same objects (it differs in
+    blank lines only, so the documents are compared, not the text)."""
+    done = run_helm("template", "t", str(CHART), "-n", NAMESPACE, *values_args(scenario), helm_name="helm4")
+    assert done.returncode == 0, done.stderr
+    helm4 = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert helm4 == rendered(scenario)
+
+
 def test_every_required_scenario_exists() -> None:
     required = {"cpu-llamacpp", "gpu-vllm", "keda-interceptorroute", "keda-httpscaledobject", "jwt-redis",
                 "pvc-cache", "balloon"}  # fmt: skip
