@@ -187,6 +187,9 @@ def test_concurrency_is_held_until_nginx_reports_the_request_ended(auth_pod: Aut
     assert held["status"] == 200
     # nginx's end-of-request line (syslog over UDP) gives the slot back, long before the lease expires.
     wait_until(lambda: httpx.get(url, headers=auth).status_code == 200, 2, 0.05, "the slot to come back")
+    # ... and that last request's lease leaves Redis too once it has ended: no lease outlives its request.
+    with redis.Redis.from_url(auth_pod.redis.url) as client:
+        wait_until(lambda: client.zcard("llm-pod:leases:single") == 0, 2, 0.02, "the last lease to go")
 
 
 def test_redis_outage_fails_closed_and_heals(auth_pod: AuthPod) -> None:
@@ -218,12 +221,20 @@ def test_redis_outage_fails_closed_and_heals(auth_pod: AuthPod) -> None:
 
     # Limited requests are counted in Redis again and the fallback ends, within a few seconds (a Redis
     # that has just restarted may still be loading its data, or the 1 s pause may still run).
-    def shared_again() -> bool:
-        return (
-            status_of(auth_pod, "single") == 200 and "llm_pod_rate_limit_fallback 0.0" in auth_pod.metrics()
-        )
+    seen: list[tuple[int, bool]] = []
 
-    wait_until(shared_again, 5, 0.2, "limits to be shared through Redis again")
+    def shared_again() -> bool:
+        status = status_of(auth_pod, "single")
+        seen.append((status, "llm_pod_rate_limit_fallback 0.0" in auth_pod.metrics()))
+        return seen[-1] == (200, True)
+
+    try:
+        wait_until(shared_again, 5, 0.2, "limits to be shared through Redis again")
+    except AssertionError as err:
+        with redis.Redis.from_url(auth_pod.redis.url, decode_responses=True) as client:
+            leases = client.zrange("llm-pod:leases:single", 0, -1, withscores=True)
+        log = auth_pod.pod.procs["sidecar"].output()[-3000:]
+        raise AssertionError(f"{err}; (status, shared) seen: {seen[-10:]}; leases: {leases}\n{log}") from None
 
 
 def chat_with(ap: AuthPod, key: str) -> int:
