@@ -38,6 +38,7 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
         # OpenAI-shaped 503 instead of hanging.
         wait_until(lambda: ready_code(ready_url) == "loading", 30, what="/ready to say loading")
         assert http_get(ready_url)[0] == 503
+        assert http_get(pod.base + "/healthz")[0] == 200  # liveness is the sidecar, never the engine
         status, payload = chat_status(pod.base, pod.key, pod.model)
         assert status == 503
         assert payload["error"]["code"] == "engine_unavailable"  # type: ignore[index]
@@ -45,7 +46,14 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
         # Start the engine and watch both sides at once: when does /v1/models first list the model,
         # and when does the pod's /ready first say 200?
         seen: dict[str, float] = {}
+        unready: list[str | None] = []  # what /ready said while the engine started and loaded
         stop = threading.Event()
+
+        def ready_now() -> bool:
+            status, _, body = http_get(ready_url, 1)
+            if status != 200:
+                unready.append(json.loads(body)["error"]["code"] if status == 503 and body else str(status))
+            return status == 200
 
         def watch(name: str, check: object) -> None:
             while not stop.is_set() and name not in seen:
@@ -57,7 +65,7 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
             threading.Thread(
                 target=watch, args=("listed", lambda: engine_lists_model(pod.ports.engine, pod.model))
             ),
-            threading.Thread(target=watch, args=("ready", lambda: http_get(ready_url, 1)[0] == 200)),
+            threading.Thread(target=watch, args=("ready", ready_now)),
         ]
         engine_started = time.monotonic()
         engine = Proc("engine", [python(), "-m", "inference.llamacpp"], pod.env, tmp_path)
@@ -78,6 +86,10 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
             f"/ready flipped {lag * 1000:.0f} ms later"
         )
         assert lag < 1.0
+        # ... and never before the model was listed (the two watchers poll apart by up to ~0.1 s).
+        assert lag > -0.1
+        assert unready, "the watcher never saw the pod unready while the engine loaded"
+        assert set(unready) <= {"loading", "engine_unreachable"}, unready
 
         status, payload = chat_status(pod.base, pod.key, pod.model)
         assert status == 200, payload
@@ -85,8 +97,11 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
         # Kill the engine outright: /ready turns 503 within 2 s, and calls get a 503 JSON error.
         killed = time.monotonic()
         engine.signal(signal.SIGKILL)
-        wait_until(lambda: http_get(ready_url)[0] == 503, 2.0, 0.02, "/ready to turn 503 after the kill")
-        print(f"/ready 503 {(time.monotonic() - killed) * 1000:.0f} ms after SIGKILL")
+        wait_until(lambda: http_get(ready_url, 0.5)[0] == 503, 2.0, 0.02, "/ready to turn 503 after the kill")
+        unready_after = time.monotonic() - killed
+        print(f"/ready 503 {unready_after * 1000:.0f} ms after SIGKILL")
+        assert unready_after < 2.0
+        assert http_get(pod.base + "/healthz")[0] == 200
         assert ready_code(ready_url) == "engine_unreachable"
         status, payload = chat_status(pod.base, pod.key, pod.model)
         assert status == 503
@@ -123,6 +138,8 @@ def test_auth_fails_closed_when_the_sidecar_is_down(tmp_path: Path, model_path: 
     pod = start_pod(tmp_path, model_path, ("nginx",))
     try:
         wait_until(lambda: http_get(pod.base + "/healthz")[0] != 0, 30, what="nginx to answer")
+        # nginx answers the liveness probe for the sidecar: it is down, so the probe fails (503).
+        assert http_get(pod.base + "/healthz")[0] == 503
         status, payload = chat_status(pod.base, pod.key, pod.model)
         assert status == 503
         assert payload["error"]["code"] == "auth_unavailable"  # type: ignore[index]
