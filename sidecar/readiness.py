@@ -29,6 +29,7 @@ class State(enum.StrEnum):
     READY = "ready"
     UNREACHABLE = "engine_unreachable"
     MODEL_MISSING = "model_missing"
+    UNRESPONSIVE = "engine_unresponsive"
     DRAINING = "draining"
 
 
@@ -50,6 +51,7 @@ _MESSAGES = {
     State.LOADING: "the engine is starting or loading the model",
     State.UNREACHABLE: "the engine is not accepting connections",
     State.MODEL_MISSING: "the engine answers but does not list the served model",
+    State.UNRESPONSIVE: "the engine has accepted connections but answered no probe for too long",
     State.DRAINING: "the pod is shutting down",
 }
 
@@ -57,8 +59,10 @@ _MESSAGES = {
 class Readiness:
     """The readiness state machine. Pure: it is told what was observed and when."""
 
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, hung_after: float = 900.0) -> None:
         self.started_at = started_at
+        self.hung_after = hung_after  # seconds of unanswered probes after which a ready engine is hung
+        self.silent_since: float | None = None  # first probe timeout of the current streak
         self.state = State.LOADING
         self.detail = ""
         self.first_ready_at: float | None = None
@@ -87,6 +91,8 @@ class Readiness:
         """Apply one probe result; return True when the state changed."""
         if self.state is State.DRAINING:
             return False
+        if result.kind is not Probe.TIMEOUT:
+            self.silent_since = None
         match result.kind:
             case Probe.LISTED:
                 if self.first_ready_at is None:
@@ -103,8 +109,14 @@ class Readiness:
             case Probe.TIMEOUT:
                 # Some engines (llama-cpp-python) answer /v1/models only between generations: an open
                 # connection that is slow to answer is a busy engine, and a busy pod stays in service.
-                if self.state is State.READY:
-                    return False
+                # But one that answers nothing for `hung_after` (as long as nginx waits for a token) is
+                # hung: out of service until it answers again.
+                if self.state in (State.READY, State.UNRESPONSIVE):
+                    self.silent_since = now if self.silent_since is None else self.silent_since
+                    if now - self.silent_since < self.hung_after:
+                        return False
+                    silent = f"no answer to /v1/models for {now - self.silent_since:.0f} s"
+                    return self._set(State.UNRESPONSIVE, silent, now)
                 return self._set(State.LOADING, result.detail, now)
         return False  # pragma: no cover - the match is exhaustive
 
@@ -140,7 +152,9 @@ class EngineWatcher:
     def __init__(self, settings: Settings, metrics: Metrics, started_at: float | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.readiness = Readiness(time.monotonic() if started_at is None else started_at)
+        self.readiness = Readiness(
+            time.monotonic() if started_at is None else started_at, settings.engine_hung_seconds
+        )
         self._wake = asyncio.Event()
         self._publish()
 

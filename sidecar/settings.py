@@ -48,6 +48,7 @@ class Settings:
     ready_poll_fast: float = 0.1
     ready_poll_slow: float = 1.0
     engine_probe_timeout: float = 1.0
+    engine_hung_seconds: float = 900.0
     log_level: str = "INFO"
     engine_type: str = "llamacpp"
     nginx_status_url: str = ""  # nginx's stub_status, exported with the sidecar's metrics ("" = not)
@@ -158,6 +159,11 @@ class Settings:
             )
         if not 0.05 <= self.engine_probe_timeout <= 30:
             found.append(f"{PREFIX}ENGINE_PROBE_TIMEOUT={self.engine_probe_timeout}: must be 0.05-30 s")
+        if self.engine_hung_seconds < 10 * self.engine_probe_timeout:
+            found.append(
+                f"{PREFIX}ENGINE_HUNG_SECONDS={self.engine_hung_seconds}: at least ten probe timeouts "
+                f"({10 * self.engine_probe_timeout:g} s), or a busy engine would be taken out of service"
+            )
         if self.log_level not in LOG_LEVELS:
             found.append(f"{PREFIX}LOG_LEVEL={self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
         return found
@@ -262,6 +268,7 @@ class Settings:
             "ready_poll_fast": get("READY_POLL_FAST", float),
             "ready_poll_slow": get("READY_POLL_SLOW", float),
             "engine_probe_timeout": get("ENGINE_PROBE_TIMEOUT", float),
+            "engine_hung_seconds": get("ENGINE_HUNG_SECONDS", float),
             "log_level": get("LOG_LEVEL", str.upper),
             "engine_type": get("ENGINE_TYPE", str.lower),
             "nginx_status_url": get("NGINX_STATUS_URL", str),

@@ -58,3 +58,20 @@ def test_draining_is_final() -> None:
     assert not r.ready
     assert r.observe(LISTED, 3.0) is False
     assert r.state is State.DRAINING
+
+
+def test_a_ready_engine_silent_for_the_hung_bound_is_taken_out_until_it_answers() -> None:
+    r = Readiness(0.0, hung_after=60.0)
+    r.observe(LISTED, 1.0)
+    for now in range(10, 70, 10):  # silent from 10 s: still ready at 60 s (50 s of silence)
+        assert r.observe(TIMEOUT, float(now)) is False
+    assert r.ready
+    r.observe(LISTED, 65.0)  # an answer ends the streak
+    assert r.observe(TIMEOUT, 70.0) is False
+    assert r.observe(TIMEOUT, 129.0) is False
+    assert r.observe(TIMEOUT, 130.0) is True  # 60 s without an answer
+    assert r.state is State.UNRESPONSIVE
+    assert "no answer to /v1/models for 60 s" in r.message()
+    assert r.observe(TIMEOUT, 200.0) is False
+    assert r.observe(LISTED, 201.0) is True
+    assert r.ready
