@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -33,30 +34,35 @@ logger = logging.getLogger(__name__)
 
 WINDOW = 60  # seconds: the limit is per minute
 
-# KEYS: the minute's counter, the key's lease set. ARGV: rpm limit, window, concurrency limit,
-# now, lease expiry, request id, lease-set ttl. Returns {allowed, count, ttl, active}:
-# allowed is 1, or 0 (over rpm), or 2 (over concurrency).
+# KEYS: the minute's counter, the key's lease set. ARGV: rpm limit, the counter's ttl, concurrency
+# limit, now, lease expiry, request id, lease-set ttl. Returns {allowed, count, active}: allowed is 1,
+# or 0 (over rpm), or 2 (over concurrency). The counter's key names its window, so its TTL is only
+# cleanup: the reset the headers carry is the window's end, computed by the caller from the same `now`.
 ADMIT_SCRIPT = """
-local count, ttl, active = 0, 0, 0
+local count, active = 0, 0
 local rpm, conc = tonumber(ARGV[1]), tonumber(ARGV[3])
 if rpm > 0 then
   count = redis.call('INCR', KEYS[1])
   if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-  ttl = redis.call('TTL', KEYS[1])
-  if count > rpm then return {0, count, ttl, 0} end
+  if count > rpm then return {0, count, 0} end
 end
 if conc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
   active = redis.call('ZCARD', KEYS[2])
   if active >= conc then
     if rpm > 0 then redis.call('DECR', KEYS[1]) end
-    return {2, count, ttl, active}
+    return {2, count, active}
   end
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[7])
 end
-return {1, count, ttl, active}
+return {1, count, active}
 """
+
+
+def window_reset(now: float) -> int:
+    """Whole seconds from `now` until its fixed one-minute window ends (1-60)."""
+    return max(1, math.ceil((int(now // WINDOW) + 1) * WINDOW - now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +85,13 @@ class MemoryLimits:
 
     def admit(self, key_id: str, rpm: int, conc: int, request_id: str, now: float, lease: float) -> list[int]:
         window = int(now // WINDOW)
-        count, ttl, active = 0, 0, 0
+        count, active = 0, 0
         if rpm > 0:
             self._minutes = defaultdict(int, {k: v for k, v in self._minutes.items() if k[1] >= window})
             self._minutes[(key_id, window)] += 1
             count = self._minutes[(key_id, window)]
-            ttl = math.ceil((window + 1) * WINDOW - now)
             if count > rpm:
-                return [0, count, ttl, 0]
+                return [0, count, 0]
         if conc > 0:
             leases = self._leases[key_id]
             for rid in [r for r, expiry in leases.items() if expiry <= now]:
@@ -95,9 +100,9 @@ class MemoryLimits:
             if active >= conc:
                 if rpm > 0:
                     self._minutes[(key_id, window)] -= 1
-                return [2, count, ttl, active]
+                return [2, count, active]
             leases[request_id] = now + lease
-        return [1, count, ttl, active]
+        return [1, count, active]
 
     def release(self, key_id: str, request_id: str) -> None:
         self._leases.get(key_id, {}).pop(request_id, None)
@@ -113,8 +118,10 @@ class Limiter:
         default_rpm: int = 0,
         default_concurrency: int = 0,
         gate: RedisGate | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
+        self.clock = clock  # wall-clock time: replicas must agree on which minute it is
         self.client = client
         self.gate = gate or RedisGate()
         self.prefix = prefix
@@ -128,8 +135,10 @@ class Limiter:
         metrics.rate_limit_fallback.set(0)
 
     def limits_for(self, entry: KeyEntry) -> tuple[int, int]:
-        return entry.limits.get("rpm", self.default_rpm), entry.limits.get(
-            "concurrency", self.default_concurrency
+        """The key's limits; 0 or absent means the default (which may itself be 0: none)."""
+        return (
+            entry.limits.get("rpm") or self.default_rpm,
+            entry.limits.get("concurrency") or self.default_concurrency,
         )
 
     def _set_fallback(self, on: bool, why: str = "") -> None:
@@ -145,13 +154,14 @@ class Limiter:
         rpm, conc = self.limits_for(entry)
         if rpm <= 0 and conc <= 0:
             return Verdict(True)
-        now = time.time()
+        now = self.clock()
+        reset = window_reset(now)
         result: list[int] | None = None
         if self._script is not None:
             keys = [f"{self.prefix}:rpm:{entry.id}:{int(now // WINDOW)}", f"{self.prefix}:leases:{entry.id}"]
             args: list[str | int | float] = [
                 rpm,
-                WINDOW,
+                reset + WINDOW,  # cleanup only: kept a window past its end, for replicas' clock skew
                 conc,
                 now,
                 now + self.lease_seconds,
@@ -170,16 +180,15 @@ class Limiter:
                 self._set_fallback(True, type(err).__name__)
         if result is None:
             result = self.memory.admit(entry.id, rpm, conc, request_id, now, self.lease_seconds)
-        allowed, count, ttl, _active = result
+        allowed, count, _active = result
         if allowed == 1:
             return Verdict(True)
         if allowed == 0:
-            retry = max(1, ttl)
             headers = {
-                "Retry-After": str(retry),
+                "Retry-After": str(reset),
                 "x-ratelimit-limit-requests": str(rpm),
                 "x-ratelimit-remaining-requests": str(max(0, rpm - count)),
-                "x-ratelimit-reset-requests": f"{retry}s",
+                "x-ratelimit-reset-requests": f"{reset}s",
             }
             return Verdict(False, "rpm", headers)
         return Verdict(False, "concurrency", {"Retry-After": "1", "x-ratelimit-limit-concurrency": str(conc)})

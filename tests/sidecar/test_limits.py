@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -69,16 +70,79 @@ def test_memory_limits_count_a_minute_and_hold_leases() -> None:
     assert mem.admit("c", 0, 2, "rA", now + 61, 60)[0] == 1  # expired leases are the backstop
 
 
+def until_window_end(now: float) -> int:
+    return math.ceil((now // 60 + 1) * 60 - now)
+
+
 async def test_rpm_through_redis_with_ratelimit_headers(client: aioredis.Redis) -> None:
     limiter = Limiter(Metrics(), client, "t", lease_seconds=60)
-    verdicts = [await limiter.admit(entry(rpm=5), f"r{i}") for i in range(8)]
+    verdicts = [await limiter.admit(entry(rpm=5), f"r{i}") for i in range(7)]
+    before = time.time()
+    verdicts.append(await limiter.admit(entry(rpm=5), "r7"))
+    after = time.time()
     assert [v.allowed for v in verdicts] == [True] * 5 + [False] * 3
     refused = verdicts[-1]
     assert refused.limit == "rpm"
     assert refused.headers is not None
     assert refused.headers["x-ratelimit-limit-requests"] == "5"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # The time until the fixed window ends (not a TTL set at the window's first hit), within 1 s.
+    retry = int(refused.headers["Retry-After"])
+    assert until_window_end(after) - 1 <= retry <= until_window_end(before) + 1, (retry, before % 60)
+    assert refused.headers["x-ratelimit-reset-requests"] == f"{retry}s"
+
+
+class Clock:
+    """An injected wall clock: the test says which second of which minute it is."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+async def test_the_reset_is_the_end_of_the_window_not_a_minute_after_its_first_request(
+    client: aioredis.Redis, store: str
+) -> None:
+    clock = Clock(600 * 60 + 5.2)  # 5.2 s into a minute: the window's first request
+    limiter = Limiter(
+        Metrics(), client if store == "redis" else None, f"t-{time.time_ns()}", lease_seconds=60, clock=clock
+    )
+    assert (await limiter.admit(entry(rpm=2), "a")).allowed
+    clock.now += 40  # 45.2 s into the minute
+    assert (await limiter.admit(entry(rpm=2), "b")).allowed
+    refused = await limiter.admit(entry(rpm=2), "c")
+    assert not refused.allowed
+    assert refused.headers is not None
+    assert refused.headers["Retry-After"] == "15"  # 60 - 45.2, rounded up; a TTL would say 20 (or 60)
+    assert refused.headers["x-ratelimit-reset-requests"] == "15s"
+    clock.now += 15  # the next minute: a fresh count
+    assert (await limiter.admit(entry(rpm=2), "d")).allowed
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+async def test_a_limit_of_zero_means_the_default(client: aioredis.Redis, store: str) -> None:
+    def limiter(**defaults: int) -> Limiter:
+        return Limiter(
+            Metrics(),
+            client if store == "redis" else None,
+            f"t-{time.time_ns()}",
+            lease_seconds=60,
+            clock=Clock(600 * 60 + 1.0),
+            **defaults,
+        )
+
+    by_rpm = limiter(default_rpm=2)
+    assert [(await by_rpm.admit(entry("r", rpm=0), f"r{i}")).allowed for i in range(3)] == [True, True, False]
+    # An explicit limit still wins over the default.
+    explicit = [(await by_rpm.admit(entry("x", rpm=3), f"x{i}")).allowed for i in range(4)]
+    assert explicit == [True, True, True, False]
+    by_conc = limiter(default_concurrency=1)
+    first = await by_conc.admit(entry("c", concurrency=0), "c0")
+    second = await by_conc.admit(entry("c", concurrency=0), "c1")
+    assert (first.allowed, second.allowed, second.limit) == (True, False, "concurrency")
 
 
 async def test_concurrency_leases_through_redis_and_their_release(client: aioredis.Redis) -> None:
