@@ -3,14 +3,17 @@ double in the engine's place (see echo_engine.py for why)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from localpod.render import TEMPLATE, render, with_defaults
@@ -121,3 +124,63 @@ def test_template_renders_the_same_with_envsubst(echo_pod: Pod, tmp_path: Path) 
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_a_missing_key_is_an_authentication_error_in_the_openai_client(echo_pod: Pod) -> None:
+    def drop_credential(request: httpx.Request) -> None:
+        del request.headers["Authorization"]
+
+    with (
+        httpx.Client(event_hooks={"request": [drop_credential]}) as http,
+        openai.OpenAI(
+            base_url=echo_pod.base + "/v1", api_key="unused", http_client=http, max_retries=0
+        ) as client,
+        pytest.raises(openai.AuthenticationError) as caught,
+    ):
+        client.models.list()
+    body = caught.value.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "invalid_api_key"
+    assert "didn't provide an API key" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "path", "status", "code"),
+    [
+        ({"X-Big": "x" * 9000}, "/v1/models", 400, "bad_request"),  # over large_client_header_buffers
+        ({}, "/v1/models?" + "q" * 9000, 414, "uri_too_long"),
+    ],
+)
+def test_requests_nginx_cannot_take_get_json_errors(
+    echo_pod: Pod, headers: dict[str, str], path: str, status: int, code: str
+) -> None:
+    resp = httpx.get(echo_pod.base + path, headers={"Authorization": f"Bearer {echo_pod.key}", **headers})
+    assert resp.status_code == status
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.json()["error"]["code"] == code
+
+
+def test_a_silent_engine_is_a_504_json_error(tmp_path: Path) -> None:
+    pod = start_echo_pod(tmp_path, {"LLM_POD_PROXY_READ_TIMEOUT": "1s"})
+    try:
+        resp = httpx.get(
+            pod.base + "/v1/models?sleep=3", headers={"Authorization": f"Bearer {pod.key}"}, timeout=10
+        )
+        assert resp.status_code == 504
+        error = resp.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["code"] == "engine_timeout"
+        assert "1s" in error["message"]
+    finally:
+        stop_pod(pod)
+
+
+def test_a_malformed_request_line_gets_a_json_400(echo_pod: Pod) -> None:
+    with socket.create_connection(("127.0.0.1", echo_pod.ports.listen), timeout=5) as sock:
+        sock.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"]["code"] == "bad_request"
