@@ -21,6 +21,7 @@ from sidecar.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+METRIC_NAME = "vllm:num_requests_waiting"
 VLLM_WAITING = re.compile(r"^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
 
@@ -51,15 +52,41 @@ class Admission:
         return self.load() >= self.settings.saturation_queue
 
     async def poll_vllm(self, interval: float = 0.5) -> None:
+        """Read vLLM's queue every `interval` until cancelled; nothing but cancellation ends it.
+
+        A failed read, of any kind (no answer, a non-200, a body that does not decode or parse),
+        sets the load to 0: unknown load is not saturation. It is logged once when a run of
+        failures starts (with the traceback when it is not a connection problem) and once when
+        the metric is read again, not every `interval`.
+        """
         url = self.settings.engine_url + "/metrics"
         timeout = aiohttp.ClientTimeout(total=2, connect=0.5)
+        failing = False
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                waiting: float | None = None
+                problem, unexpected = "", None
                 try:
                     async with session.get(url) as resp:
-                        waiting = vllm_waiting(await resp.text()) if resp.status == 200 else None
-                except (aiohttp.ClientError, TimeoutError):
-                    waiting = None
+                        if resp.status != 200:
+                            problem = f"HTTP {resp.status}"
+                        else:
+                            waiting = vllm_waiting(await resp.text())
+                            problem = "" if waiting is not None else f"no {METRIC_NAME} in it"
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    problem = f"{type(err).__name__}: {err}"
+                except Exception as err:  # a body that does not decode, a number that does not parse, ...
+                    problem, unexpected = type(err).__name__, err
+                if problem and not failing:
+                    logger.error(
+                        "reading %s failed (%s); counting the engine's queue as 0 until it reads again",
+                        url,
+                        problem,
+                        exc_info=unexpected,  # the traceback when it is not a connection problem
+                    )
+                elif not problem and failing:
+                    logger.info("reading %s again: %g waiting", url, waiting)
+                failing = bool(problem)
                 # Unknown load is not saturation: admission only ever refuses on evidence.
                 self.engine_waiting = waiting or 0.0
                 self.metrics.engine_waiting.set(self.engine_waiting)
