@@ -194,6 +194,7 @@ async def auth_handler(request: web.Request) -> web.Response:
         decision = await request.app[AUTHENTICATOR].decide(request)
     except StoreUnavailable as err:
         # Closed, never open: nginx turns this 500 into a 503 auth_unavailable for the client.
+        metrics.auth_latency.observe(time.perf_counter() - started)  # a refusal's wait counts too
         metrics.auth_decisions.labels("store_unavailable").inc()
         logger.warning("refusing: %s", err, extra={"request_id": request.headers.get("X-Request-Id")})
         return web.Response(status=500)

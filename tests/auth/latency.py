@@ -29,7 +29,7 @@ from sidecar.keys import add_key
 from sidecar.redis_keys import RedisKeyAdmin
 from tests.auth.test_jwt_through_nginx import JwksServer
 from tests.conftest import Pod, start_echo_pod, stop_pod
-from tests.harness import RedisServer
+from tests.harness import RedisServer, wait_until
 from tests.sidecar.test_tokens import ISS, claims
 
 SECRET = "latency-secret-" + "x" * 32
@@ -113,7 +113,14 @@ def main() -> None:
             "JWT HS256": (pod.base, bearer(jwt.encode(long_lived, SECRET, algorithm="HS256"))),
             "JWT RS256 (JWKS, cached)": (rs_pod.base, bearer(jwks.jwks.sign(long_lived))),
         }
-        time.sleep(1.2)  # the keys file was changed: the sidecar re-reads it within 1 s
+        # The keys file was changed: wait until the sidecar has re-read it (within 1 s) and every row answers.
+        for url, headers in rows.values():
+            wait_until(
+                lambda u=url, h=headers: httpx.get(u + "/v1/models", headers=h).status_code == 200,
+                5,
+                0.05,
+                "every credential to be accepted",
+            )
         times = measure(rows, args.samples)
     base = statistics.median(next(iter(times.values())))
     print(f"{args.samples} sequential `GET /v1/models` per row, one keep-alive connection each, interleaved.")
