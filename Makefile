@@ -16,7 +16,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 help:
 	@echo "make run    start the pod on http://127.0.0.1:8080 with the bundled model (installs what it needs)"
 	@echo "make test   the whole test suite"
-	@echo "make lint   ruff and mypy"
+	@echo "make lint   ruff, mypy and hadolint"
 	@echo "make bench  benchmarks (see docs/benchmarks.md)"
 	@echo "make e2e-pod  scale from zero on a local kind cluster (needs docker, kind, kubectl, helm)"
 
