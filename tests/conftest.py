@@ -17,7 +17,7 @@ from inference.fetch_model import fetch
 from localpod.__main__ import model_cache
 from localpod.pod import BUNDLED_MODEL_NAME, BUNDLED_MODEL_SOURCE, Ports, commands, pod_env, prepare_nginx
 from sidecar.keys import add_key
-from tests.harness import Proc, free_port, python, require_tool, wait_until
+from tests.harness import Proc, credentials_in_logs, free_port, python, require_tool, wait_until
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, str], bytes]:
@@ -124,3 +124,12 @@ def pod(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[
         raise AssertionError("pod did not become ready:\n" + pod.logs()) from None
     yield pod
     stop_pod(pod)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_credential_in_any_process_log() -> Iterator[None]:
+    """After every test: no line any process of the pod wrote (sidecar, nginx, engine, redis, ...) holds
+    a key, a JWT or a Bearer value, whichever test's traffic it carried."""
+    yield
+    leaked = credentials_in_logs()
+    assert not leaked, "credentials reached process logs:\n" + "\n".join(leaked[:20])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,12 +55,27 @@ def wait_until(
         time.sleep(interval)
 
 
+# Every log a Proc wrote this session, but for those whose job is to show a credential (make run's
+# banner): the session's last check reads them all for anything shaped like a key or a JWT.
+PROC_LOGS: list[Path] = []
+CREDENTIAL_SHAPES = re.compile(r"sk-lp-[A-Za-z0-9_-]{8,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|Bearer \S")
+
+
 class Proc:
     """One real process of the pod, with its output kept in a file for the test to read."""
 
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], logdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        logdir: Path,
+        shows_credentials: bool = False,
+    ) -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
+        if not shows_credentials:
+            PROC_LOGS.append(self.log_path)
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(
@@ -151,3 +167,14 @@ class RedisServer:
         if self.proc is not None:
             self.proc.stop()
             self.proc = None
+
+
+def credentials_in_logs() -> list[str]:
+    """`file: line` for every line of every Proc log that holds something shaped like a credential."""
+    found = []
+    for path in PROC_LOGS:
+        if path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if CREDENTIAL_SHAPES.search(line):
+                    found.append(f"{path.name}: {CREDENTIAL_SHAPES.sub('<credential>', line)[:300]}")
+    return found

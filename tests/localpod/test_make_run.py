@@ -25,9 +25,8 @@ def test_make_run_prints_a_working_key_and_example(tmp_path: Path) -> None:
     require_tool("nginx")
     ports = {name: free_port() for name in ("LISTEN", "METRICS", "SIDECAR", "ENGINE", "REQUEST_END")}
     env = {f"LLM_POD_{name}_PORT": str(port) for name, port in ports.items()}
-    runner = Proc(
-        "make-run", [python(), "-m", "localpod", "--state-dir", str(tmp_path / "state")], env, tmp_path
-    )
+    argv = [python(), "-m", "localpod", "--state-dir", str(tmp_path / "state")]
+    runner = Proc("make-run", argv, env, tmp_path, shows_credentials=True)  # its banner prints the key
     base = f"http://127.0.0.1:{ports['LISTEN']}"
     try:
         key = wait_until(
