@@ -16,20 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.client import Pipeline
 
 from sidecar.keys import LIMIT_NAMES, KeyEntry, KeyFileError, check_key_id, hash_key, new_key
 from sidecar.redis_conn import REDIS_FAILURES, RedisGate
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CACHE_MAX_ENTRIES = 50_000  # a flood of made-up keys must not grow memory without bound
+TRANSACTION_ATTEMPTS = 20  # a CLI command retried this often while other admins write; then it stops
 
 
 class StoreUnavailable(RuntimeError):
@@ -107,15 +111,52 @@ class RedisKeyStore:
 
 
 class RedisKeyAdmin:
+    """Create, show, revoke and rotate keys. Each command that writes is one optimistic transaction
+    (WATCH the ids hash and the entry it read, MULTI, EXEC; again when a watched key changed
+    meanwhile), so two admins at once cannot both create one id, and a revoke or rotate
+    never writes over a change it did not see (an old entry brought back, a new one left orphaned).
+    """
+
     def __init__(self, client: redis.Redis, prefix: str = "llm-pod") -> None:
         self.client = client
         self.prefix = prefix
 
-    def _digest_of(self, key_id: str) -> str:
-        digest = self.client.hget(f"{self.prefix}:ids", key_id)
+    @property
+    def _ids(self) -> str:
+        return f"{self.prefix}:ids"
+
+    def _transaction(self, attempt: Callable[[Pipeline], T]) -> T:
+        """Run `attempt` with the ids hash watched, then EXEC what it queued; again if a watched
+        key changed in between (each attempt reads afresh), a bounded number of times."""
+        for _ in range(TRANSACTION_ATTEMPTS):
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self._ids)  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    value = attempt(pipe)
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+                return value
+        raise KeyFileError("the key store kept changing during the command: run it again")
+
+    def _read(self, pipe: Pipeline, key_id: str) -> KeyEntry:
+        """The entry behind an id, read in watch mode: a change to either before EXEC aborts it."""
+        digest = pipe.hget(self._ids, key_id)
         if not digest:
             raise KeyFileError(f"no key with id {key_id!r}")
-        return str(digest)
+        digest = str(digest)
+        pipe.watch(f"{self.prefix}:key:{digest}")  # type: ignore[no-untyped-call]
+        raw = cast("dict[str, str]", pipe.hgetall(f"{self.prefix}:key:{digest}"))
+        if not raw:
+            raise KeyFileError(f"key {key_id!r} has an id but no entry")
+        return entry_from_fields(digest, raw)
+
+    def _queue_put(self, pipe: Pipeline, entry: KeyEntry, old_digest: str | None = None) -> None:
+        pipe.multi()
+        pipe.hset(f"{self.prefix}:key:{entry.sha256}", mapping=dict(entry_to_fields(entry)))  # type: ignore[arg-type]
+        pipe.hset(self._ids, entry.id, entry.sha256)
+        if old_digest and old_digest != entry.sha256:
+            pipe.delete(f"{self.prefix}:key:{old_digest}")
 
     def create(
         self,
@@ -127,40 +168,44 @@ class RedisKeyAdmin:
     ) -> str:
         """Store a new key's hash and metadata; return the key, which is stored nowhere."""
         check_key_id(key_id)
-        if self.client.hexists(f"{self.prefix}:ids", key_id):
-            raise KeyFileError(f"a key with id {key_id!r} exists: rotate or revoke it")
-        key = new_key()
-        self._put(KeyEntry(key_id, hash_key(key), priority, False, expires, dict(limits or {}), models))
-        return key
 
-    def _put(self, entry: KeyEntry, old_digest: str | None = None) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(f"{self.prefix}:key:{entry.sha256}", mapping=dict(entry_to_fields(entry)))  # type: ignore[arg-type]
-        pipe.hset(f"{self.prefix}:ids", entry.id, entry.sha256)
-        if old_digest and old_digest != entry.sha256:
-            pipe.delete(f"{self.prefix}:key:{old_digest}")
-        pipe.execute()
+        def attempt(pipe: Pipeline) -> str:
+            if pipe.hexists(self._ids, key_id):
+                raise KeyFileError(f"a key with id {key_id!r} exists: rotate or revoke it")
+            key = new_key()
+            entry = KeyEntry(key_id, hash_key(key), priority, False, expires, dict(limits or {}), models)
+            self._queue_put(pipe, entry)
+            return key
+
+        return self._transaction(attempt)
 
     def show(self, key_id: str) -> KeyEntry:
-        digest = self._digest_of(key_id)
-        raw = cast("dict[str, str]", self.client.hgetall(f"{self.prefix}:key:{digest}"))
-        if not raw:
-            raise KeyFileError(f"key {key_id!r} has an id but no entry")
-        return entry_from_fields(digest, raw)
+        def attempt(pipe: Pipeline) -> KeyEntry:
+            entry = self._read(pipe, key_id)
+            pipe.multi()  # nothing to write: EXEC only confirms that nothing changed while reading
+            return entry
+
+        return self._transaction(attempt)
 
     def list(self) -> list[KeyEntry]:
-        return [self.show(str(key_id)) for key_id in sorted(self.client.hkeys(f"{self.prefix}:ids"))]
+        return [self.show(str(key_id)) for key_id in sorted(self.client.hkeys(self._ids))]
 
     def revoke(self, key_id: str) -> None:
-        entry = self.show(key_id)
-        self._put(replace(entry, disabled=True))
+        def attempt(pipe: Pipeline) -> None:
+            self._queue_put(pipe, replace(self._read(pipe, key_id), disabled=True))
+
+        self._transaction(attempt)
 
     def rotate(self, key_id: str) -> str:
         """A new key for the same id and metadata; the old key stops working at once."""
-        entry = self.show(key_id)
-        key = new_key()
-        self._put(replace(entry, sha256=hash_key(key), disabled=False), old_digest=entry.sha256)
-        return key
+
+        def attempt(pipe: Pipeline) -> str:
+            entry = self._read(pipe, key_id)
+            key = new_key()
+            self._queue_put(pipe, replace(entry, sha256=hash_key(key), disabled=False), entry.sha256)
+            return key
+
+        return self._transaction(attempt)
 
 
 def describe(entry: KeyEntry) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -103,3 +106,32 @@ def test_store_reloads_a_changed_file_and_keeps_the_last_good_one(tmp_path: Path
     write_key_file(path, [KeyEntry("c", hash_key("sk-lp-c-key"))])
     assert store.lookup("sk-lp-c-key") is not None
     assert store.lookup(first) is None
+
+
+def llm_pod_keys(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `llm-pod-keys` console script that `make venv` installs, run as a user runs it."""
+    script = Path(sys.executable).parent / "llm-pod-keys"
+    if not script.exists():
+        pytest.fail(f"{script} is missing: run `make venv` (installs the project's console scripts)")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, check=False, timeout=60)
+
+
+def test_the_console_script_prints_a_new_key_once_and_lists_no_secret(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    made = llm_pod_keys("create", "--file", str(path), "--id", "ci", "--priority", "2", "--rpm", "30")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith(KEY_PREFIX)
+    assert made.stdout == key + "\n"  # the key, once, and nothing else
+    assert key not in made.stderr
+    (entry,) = read_key_file(path)
+    assert (entry.id, entry.sha256, entry.priority, entry.limits) == ("ci", hash_key(key), 2, {"rpm": 30})
+    listed = llm_pod_keys("list", "--file", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"id": "ci", "priority": 2, "state": "active", "limits": {"rpm": 30}}
+    for output in (listed.stdout, listed.stderr):
+        assert key not in output
+        assert hash_key(key) not in output
+    shown = llm_pod_keys("show", "--file", str(path), "--id", "ci")
+    assert hash_key(key) not in shown.stdout
+    assert key not in shown.stdout

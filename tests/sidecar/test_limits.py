@@ -17,7 +17,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from sidecar.keys import KeyEntry, hash_key
+from sidecar import redis_keys
+from sidecar.keys import KeyEntry, KeyFileError, hash_key
 from sidecar.limits import Limiter, MemoryLimits
 from sidecar.metrics import Metrics
 from sidecar.redis_conn import RedisGate, redis_client
@@ -287,3 +288,88 @@ def test_keys_cli_on_redis_prints_a_key_once(
     assert raw.hget(f"llm-pod:key:{hash_key(rotated)}", "priority") == "2"  # metadata kept
     assert keys_cli("revoke", "--redis", url, "--id", "carol").returncode == 0
     assert '"state": "disabled"' in keys_cli("show", "--redis", url, "--id", "carol").stdout
+
+
+# --- the keys CLI's writes against concurrent admins ---------------------------------------------
+# Each race is made deterministic by running the other admin's command (on its own connection) at
+# the point where the first one has read and not yet written: inside `new_key` or the entry parse.
+
+
+def entries_in_redis(raw: redis.Redis, prefix: str = "t") -> set[str]:
+    return {str(k).rsplit(":", 1)[1] for k in raw.scan_iter(f"{prefix}:key:*")}
+
+
+def once(action: Callable[[], object]) -> Callable[[], None]:
+    done: list[bool] = []
+
+    def run() -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return run
+
+
+def test_two_creates_of_one_id_cannot_both_succeed(
+    sync_redis: Callable[[], redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin, other = RedisKeyAdmin(sync_redis(), "t"), RedisKeyAdmin(sync_redis(), "t")
+    theirs: list[str] = []
+    race = once(lambda: theirs.append(other.create("erin", priority=1)))
+    real_new_key = redis_keys.new_key
+
+    def new_key_while_another_admin_creates() -> str:
+        race()  # after this admin checked that "erin" is free, before it writes
+        return real_new_key()
+
+    monkeypatch.setattr(redis_keys, "new_key", new_key_while_another_admin_creates)
+    with pytest.raises(KeyFileError, match="exists"):
+        admin.create("erin", priority=9)
+    raw = sync_redis()
+    assert raw.hget("t:ids", "erin") == hash_key(theirs[0])  # the first create's key is the one kept
+    assert entries_in_redis(raw) == {hash_key(theirs[0])}
+    assert admin.show("erin").priority == 1
+
+
+def test_two_rotations_at_once_leave_one_key_that_the_ids_know(
+    sync_redis: Callable[[], redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin, other = RedisKeyAdmin(sync_redis(), "t"), RedisKeyAdmin(sync_redis(), "t")
+    admin.create("fred")
+    race = once(lambda: other.rotate("fred"))
+    real_new_key = redis_keys.new_key
+
+    def new_key_while_another_admin_rotates() -> str:
+        race()
+        return real_new_key()
+
+    monkeypatch.setattr(redis_keys, "new_key", new_key_while_another_admin_rotates)
+    last = admin.rotate("fred")
+    raw = sync_redis()
+    # Without the transaction the other rotation's key stayed in Redis, working, known to no id:
+    # no command could revoke it.
+    assert entries_in_redis(raw) == {hash_key(last)}
+    assert raw.hget("t:ids", "fred") == hash_key(last)
+
+
+def test_a_revoke_during_a_rotation_disables_the_new_key(
+    sync_redis: Callable[[], redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin, other = RedisKeyAdmin(sync_redis(), "t"), RedisKeyAdmin(sync_redis(), "t")
+    admin.create("gina")
+    rotated: list[str] = []
+    race = once(lambda: rotated.append(other.rotate("gina")))
+    real_parse = redis_keys.entry_from_fields
+
+    def parse_while_another_admin_rotates(digest: str, fields: dict[str, str]) -> KeyEntry:
+        race()  # the revoke has read the old entry and not yet written
+        return real_parse(digest, fields)
+
+    monkeypatch.setattr(redis_keys, "entry_from_fields", parse_while_another_admin_rotates)
+    admin.revoke("gina")
+    raw = sync_redis()
+    # Without the transaction the revoke wrote the old entry back, pointed the id at it, and left
+    # the rotated key working and known to no id.
+    assert raw.hget("t:ids", "gina") == hash_key(rotated[0])
+    assert entries_in_redis(raw) == {hash_key(rotated[0])}
+    assert admin.show("gina").disabled
