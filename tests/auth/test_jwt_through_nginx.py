@@ -8,10 +8,12 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jwt
 import openai
 import pytest
 
@@ -28,6 +30,7 @@ class JwksServer:
 
     def __init__(self) -> None:
         self.jwks = Jwks()
+        self.jwks.ec_alg = ""  # an EC key beside the RSA one, naming no alg: its curve says ES256
         jwks = self.jwks
 
         class Handler(BaseHTTPRequestHandler):
@@ -124,6 +127,38 @@ def test_a_burst_of_unknown_kids_fetches_the_jwks_at_most_once_per_cooldown(jwt_
     # A key published later is picked up on the first unknown kid after the cooldown.
     jwks.kid = "k2"
     wait_until(lambda: _allowed(jwt_pod, jwks.sign(claims(), kid="k2")), COOLDOWN + 3, 0.2, "the new kid")
+
+
+def test_an_rs256_token_naming_the_ec_key_is_an_authentication_error(jwt_pod: JwtPod) -> None:
+    """PyJWT raised TypeError for it: the sidecar answered 500, the client got 503 (and the log a
+    stack trace) for every such token. The pod allows RS256 only; the JWKS also publishes an EC key."""
+    jwks = jwt_pod.jwks.jwks
+    token = jwt.encode(claims(), jwks.private, algorithm="RS256", headers={"kid": "ec"})
+    with pytest.raises(openai.AuthenticationError) as caught:
+        jwt_pod.chat(token)
+    assert caught.value.status_code == 401
+    assert "Traceback" not in jwt_pod.pod.logs()
+
+
+def test_a_concurrent_burst_of_unknown_kids_fetches_the_jwks_at_most_once_per_cooldown(
+    jwt_pod: JwtPod,
+) -> None:
+    jwks = jwt_pod.jwks.jwks
+    tokens = [jwks.sign(claims(), kid=f"concurrent-{i}") for i in range(48)]
+    before, started = jwks.fetches, time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(_refused, [jwt_pod] * len(tokens), tokens))
+    elapsed = time.monotonic() - started
+    assert all(outcomes), "every made-up kid is an AuthenticationError"
+    assert jwks.fetches - before <= int(elapsed // COOLDOWN) + 1, (jwks.fetches - before, elapsed)
+
+
+def _refused(jwt_pod: JwtPod, token: str) -> bool:
+    try:
+        jwt_pod.chat(token)
+    except openai.AuthenticationError:
+        return True
+    return False
 
 
 def _allowed(jwt_pod: JwtPod, token: str) -> bool:
