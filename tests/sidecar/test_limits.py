@@ -220,6 +220,36 @@ async def test_redis_key_store_caches_revokes_and_survives_an_outage(
     assert (await store.lookup(new)) is not None
 
 
+async def test_a_key_revoked_just_before_an_outage_works_until_the_stale_bound(
+    client: aioredis.Redis, redis_server: RedisServer, sync_redis: Callable[[], redis.Redis]
+) -> None:
+    """The honest revocation bound while Redis is down (docs/auth.md, Redis outage)."""
+    admin = RedisKeyAdmin(sync_redis(), "t")
+    key = admin.create("hank")
+    store = RedisKeyStore(client, "t", cache_seconds=0.2, stale_seconds=1.0, gate=RedisGate(pause=0))
+    found = await store.lookup(key)
+    assert found is not None
+    assert not found.disabled
+    looked_up = time.monotonic()
+    admin.revoke("hank")
+    redis_server.kill()  # before this replica's next lookup: it never sees the revocation
+    seen: list[tuple[float, bool]] = []  # (seconds since the last good lookup, disabled)
+    refused_at = None
+    while refused_at is None and time.monotonic() - looked_up < 5:
+        try:
+            entry = await store.lookup(key)
+            assert entry is not None
+            seen.append((time.monotonic() - looked_up, entry.disabled))
+        except StoreUnavailable:
+            refused_at = time.monotonic() - looked_up
+        await asyncio.sleep(0.02)
+    assert refused_at is not None, seen
+    # Past the 0.2 s cache the revoked key still works, as the cache last saw it ...
+    assert any(elapsed > 0.3 and not disabled for elapsed, disabled in seen), seen
+    # ... until the stale bound, then the lookup fails closed.
+    assert 1.0 <= refused_at < 1.5, refused_at
+
+
 async def test_a_hung_redis_costs_one_timeout_per_pause_not_one_per_decision(
     client: aioredis.Redis, redis_server: RedisServer, sync_redis: Callable[[], redis.Redis]
 ) -> None:
