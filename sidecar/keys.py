@@ -24,6 +24,9 @@ import yaml
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "sk-lp-"
+# A key id of the file or Redis store. It never holds `:`, so it can never equal a JWT's key id,
+# which is `jwt:<sub>` or `jwt:<prefix>:<hash>` (sidecar.tokens.key_id_for), at most 64 characters
+# from the same alphabet plus `:`, which headers, log lines and metric labels all carry as it is.
 KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # Per-key limits: requests per minute, and requests in flight at once.
