@@ -5,10 +5,13 @@ access-log line per authorised request to a syslog target on 127.0.0.1 (UDP), ho
 request id and the key id; this listener turns each line into a release of the request's
 concurrency lease and in-flight slot.
 
-Failure mode: a lost datagram (the sidecar restarting, or its socket buffer overflowing under a
-flood) leaves a lease held until it expires after `LLM_POD_LEASE_SECONDS`. Until then the key has
-one slot fewer and the pod counts one request too many in flight: the error is on the refusing side,
-never the admitting side, and it heals on its own.
+Failure modes. A lost datagram (the sidecar restarting, or its socket buffer overflowing under a
+flood) leaves a lease held until it expires after `LLM_POD_LEASE_SECONDS`: until then the key has
+one slot fewer and the pod counts one request too many in flight (an error on the refusing side
+that heals on its own). A request that runs longer than `LLM_POD_LEASE_SECONDS` loses its lease
+while still streaming: from then on it counts neither against its key's concurrency nor in the
+in-flight load, so both undercount and admit too much (an error on the admitting side). Set the
+lease to at least the longest request served (see docs/auth.md).
 """
 
 from __future__ import annotations

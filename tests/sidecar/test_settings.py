@@ -125,3 +125,19 @@ def test_the_sidecar_stops_with_one_message_on_a_broken_keys_file(tmp_path: Path
     assert done.stderr.startswith("invalid llm-pod settings:")
     assert "LLM_POD_API_KEYS_FILE" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_jwks_refetch_bounds_are_checked() -> None:
+    jwt = {
+        "served_model": "m",
+        "jwt_issuer": "https://issuer.test",
+        "jwt_audience": "llm-pod",
+        "jwt_algorithms": ("RS256",),
+        "jwt_jwks_url": "https://issuer.test/jwks.json",
+    }
+    Settings(**jwt)
+    with pytest.raises(SettingsError) as caught:
+        Settings(**jwt, jwt_jwks_cooldown=0, jwt_jwks_cache_seconds=-1)
+    text = str(caught.value)
+    assert "JWT_JWKS_COOLDOWN=0" in text
+    assert "JWT_JWKS_CACHE_SECONDS=-1" in text
