@@ -29,7 +29,7 @@ DEFAULTS = {
 
 
 # The per-model path prefix nginx strips: one or more path segments, no trailing slash.
-PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~:-]+)+")
 
 
 class RenderError(ValueError):

@@ -345,7 +345,7 @@ def test_keda_path_prefixes_default_to_what_nginx_strips(
             ["routing.pathPrefix=/a", "autoscaling.keda.pathPrefixes={/b}"],
             'autoscaling.keda.pathPrefixes: "/b" would reach nginx, which strips only "/a"',
         ),
-        (["model.servedName=qwen:7b"], '"/qwen:7b" (from model.servedName) is not /name or /a/b'),
+        (["model.servedName=org/"], '"/org/" (from model.servedName) is not /name or /a/b'),
         (["routing.pathPrefix=/trailing/"], "routing.pathPrefix: Does not match pattern"),
     ],
 )
@@ -354,6 +354,13 @@ def test_path_prefixes_nginx_cannot_serve_fail_at_render_time(settings: list[str
     done = run_helm("template", "t", str(CHART), "--set", "autoscaling.keda.enabled=true", *args)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
+
+
+def test_a_served_name_with_a_tag_is_its_own_path_prefix() -> None:
+    done = run_helm("template", "t", str(CHART), "--set", "model.servedName=qwen2.5:7b")
+    assert done.returncode == 0, done.stderr
+    assert "- name: LLM_POD_PATH_PREFIX" in done.stdout
+    assert 'value: "/qwen2.5:7b"' in done.stdout
 
 
 def test_hardening() -> None:

@@ -60,7 +60,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The one path prefix nginx strips (LLM_POD_PATH_PREFIX): routing.pathPrefix, else /<servedName>. */}}
 {{- define "llm-pod.pathPrefix" -}}
 {{- $prefix := default (printf "/%s" .Values.model.servedName) .Values.routing.pathPrefix }}
-{{- if not (regexMatch "^(/[A-Za-z0-9._~-]+)+$" $prefix) }}
+{{- if not (regexMatch "^(/[A-Za-z0-9._~:-]+)+$" $prefix) }}
 {{- fail (printf "nginx's path prefix %q (from model.servedName) is not /name or /a/b: set routing.pathPrefix" $prefix) }}
 {{- end }}
 {{- $prefix }}
