@@ -227,10 +227,10 @@ async def test_a_key_revoked_just_before_an_outage_works_until_the_stale_bound(
     admin = RedisKeyAdmin(sync_redis(), "t")
     key = admin.create("hank")
     store = RedisKeyStore(client, "t", cache_seconds=0.2, stale_seconds=1.0, gate=RedisGate(pause=0))
+    looked_up = time.monotonic()  # before the lookup, as the cache stamps its entries
     found = await store.lookup(key)
     assert found is not None
     assert not found.disabled
-    looked_up = time.monotonic()
     admin.revoke("hank")
     redis_server.kill()  # before this replica's next lookup: it never sees the revocation
     seen: list[tuple[float, bool]] = []  # (seconds since the last good lookup, disabled)
