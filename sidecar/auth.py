@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -27,6 +27,7 @@ from sidecar.errors import error_json
 from sidecar.keys import KeyEntry, StaticKeyStore
 from sidecar.limits import Limiter
 from sidecar.metrics import METRICS, Metrics
+from sidecar.readiness import ENGINE
 from sidecar.redis_conn import RedisGate, redis_client
 from sidecar.redis_keys import RedisKeyStore, StoreUnavailable
 from sidecar.request_end import InFlight, listen
@@ -101,6 +102,8 @@ class Authenticator:
             gate,
         )
         self.admission = Admission(settings, metrics, self.in_flight)
+        # Told when the engine completes a request (readiness: a busy engine is not a hung one).
+        self.on_engine_answer: Callable[[], None] | None = None
 
     async def identify(self, token: str) -> KeyEntry | Decision:
         """The key entry behind a credential, or the denial. Raises StoreUnavailable (fail closed)."""
@@ -164,8 +167,10 @@ class Authenticator:
         self.in_flight.start(request_id)
         return Decision(200, "allowed", key_id=entry.id, priority=entry.priority)
 
-    async def request_ended(self, key_id: str, request_id: str) -> None:
+    async def request_ended(self, key_id: str, request_id: str, engine_answered: bool = False) -> None:
         self.in_flight.end(request_id)
+        if engine_answered and self.on_engine_answer is not None:
+            self.on_engine_answer()
         await self.limiter.release(key_id, request_id)
 
 
@@ -224,6 +229,8 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
     async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         client = redis_client(settings) if settings.redis_url else None
         authenticator = Authenticator(settings, metrics, client)
+        if ENGINE in app:
+            authenticator.on_engine_answer = app[ENGINE].engine_answered
         app[AUTHENTICATOR] = authenticator
         transport = await listen("127.0.0.1", settings.request_end_port, authenticator.request_ended)
         poller = None

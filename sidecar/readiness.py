@@ -109,8 +109,8 @@ class Readiness:
             case Probe.TIMEOUT:
                 # Some engines (llama-cpp-python) answer /v1/models only between generations: an open
                 # connection that is slow to answer is a busy engine, and a busy pod stays in service.
-                # But one that answers nothing for `hung_after` (as long as nginx waits for a token) is
-                # hung: out of service until it answers again.
+                # But one that neither answers a probe nor completes a request (engine_answered) for
+                # `hung_after` is hung: out of service until it does either again.
                 if self.state in (State.READY, State.UNRESPONSIVE):
                     self.silent_since = now if self.silent_since is None else self.silent_since
                     if now - self.silent_since < self.hung_after:
@@ -119,6 +119,14 @@ class Readiness:
                     return self._set(State.UNRESPONSIVE, silent, now)
                 return self._set(State.LOADING, result.detail, now)
         return False  # pragma: no cover - the match is exhaustive
+
+    def engine_answered(self, now: float) -> bool:
+        """The engine completed a request (nginx saw a 2xx): it is busy, not hung. Return True when
+        the state changed."""
+        self.silent_since = None
+        if self.state is State.UNRESPONSIVE:
+            return self._set(State.READY, "", now)
+        return False
 
     def drain(self, now: float) -> None:
         self._set(State.DRAINING, "", now)
@@ -181,6 +189,11 @@ class EngineWatcher:
             else:
                 logger.warning("not ready (%s): %s", r.state.value, r.message())
         self._publish()
+
+    def engine_answered(self) -> None:
+        if self.readiness.engine_answered(time.monotonic()):
+            logger.info("engine ready again: it completed a request")
+            self._publish()
 
     def drain(self) -> None:
         self.readiness.drain(time.monotonic())

@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
 
-# `<190>Nov 22 17:00:00 llm_pod: <request id> <key id>` (nginx's syslog line, `nohostname`)
-LINE = re.compile(rb"llm_pod: ([0-9a-fA-F-]{16,36}) (\S+)\s*$")
+# `<190>Nov 22 17:00:00 llm_pod: <request id> <key id> <upstream status>` (nginx's syslog line,
+# `nohostname`); the status is `-` when nginx answered itself, or a list after a retry ("502, 200").
+LINE = re.compile(rb"llm_pod: ([0-9a-fA-F-]{16,36}) (\S+)(?: (.*?))?\s*$")
 
 
 class InFlight:
@@ -48,7 +49,14 @@ class InFlight:
         return len(self._expiry)
 
 
-Release = Callable[[str, str], Awaitable[None]]
+# (key id, request id, whether the engine answered it with a 2xx)
+Release = Callable[[str, str, bool], Awaitable[None]]
+
+
+def engine_answered(upstream_status: str) -> bool:
+    """Whether nginx's $upstream_status says the engine's last answer to the request was a 2xx."""
+    last = upstream_status.rsplit(",", 1)[-1].strip()
+    return len(last) == 3 and last.startswith("2") and last.isdigit()
 
 
 class RequestEndProtocol(asyncio.DatagramProtocol):
@@ -62,7 +70,8 @@ class RequestEndProtocol(asyncio.DatagramProtocol):
             logger.warning("ignoring a request-end line that does not parse (%d bytes)", len(data))
             return
         request_id, key_id = match.group(1).decode(), match.group(2).decode(errors="replace")
-        task = asyncio.ensure_future(self.release(key_id, request_id))
+        statuses = (match.group(3) or b"").decode(errors="replace")
+        task = asyncio.ensure_future(self.release(key_id, request_id, engine_answered(statuses)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

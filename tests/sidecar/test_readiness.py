@@ -75,3 +75,22 @@ def test_a_ready_engine_silent_for_the_hung_bound_is_taken_out_until_it_answers(
     assert r.observe(TIMEOUT, 200.0) is False
     assert r.observe(LISTED, 201.0) is True
     assert r.ready
+
+
+def test_a_completed_request_is_proof_of_life_for_a_busy_engine() -> None:
+    """llama-cpp-python answers /v1/models only between generations: under a steady queue every probe
+    times out while requests keep completing. Those completions (nginx's request-end line with the
+    engine's 2xx) keep the pod in service; a hung engine completes none."""
+    r = Readiness(0.0, hung_after=60.0)
+    r.observe(LISTED, 1.0)
+    for now in range(10, 200, 10):
+        assert r.observe(TIMEOUT, float(now)) is False
+        if now % 50 == 0:
+            assert r.engine_answered(float(now) + 1) is False  # already ready: no change
+    assert r.ready
+    # The last completion was at 151: the silence counts from the next timeout (160).
+    assert r.observe(TIMEOUT, 219.0) is False
+    assert r.observe(TIMEOUT, 220.0) is True
+    assert r.state is State.UNRESPONSIVE
+    assert r.engine_answered(225.0) is True  # a completion ends it
+    assert r.ready
