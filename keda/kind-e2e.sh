@@ -51,4 +51,4 @@ trap 'kill %1 2>/dev/null; kind delete cluster --name "$cluster"' EXIT
 wait_for 60 "the port-forward to the interceptor" curl -s -o /dev/null http://127.0.0.1:18080/
 LLM_POD_API_KEY="$key" timeout 960 python3 -m loadtest.coldstart --url http://127.0.0.1:18080/gemma-3-270m --deadline 900
 # The chart's own test: through the interceptor, as NOTES.txt says.
-helm test gemma --timeout 20m --logs
+helm test gemma --timeout 22m --logs

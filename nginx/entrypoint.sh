@@ -10,7 +10,7 @@ if [ -z "${LLM_POD_PATH_PREFIX:-}" ] && [ -n "${LLM_POD_SERVED_MODEL:-}" ]; then
   export LLM_POD_PATH_PREFIX="/$LLM_POD_SERVED_MODEL"
 fi
 case "${LLM_POD_PATH_PREFIX:-}" in
-  */|*[!A-Za-z0-9._~:/-]*) echo "llm-pod nginx: LLM_POD_PATH_PREFIX must look like /name or /a/b" >&2; exit 2 ;;
+  [!/]*|*/|*//*|*[!A-Za-z0-9._~:/-]*) echo "llm-pod nginx: LLM_POD_PATH_PREFIX must look like /name or /a/b" >&2; exit 2 ;;
 esac
 
 # Every placeholder must have a value: an empty port or size would make a config that looks fine

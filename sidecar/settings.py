@@ -13,7 +13,8 @@ from sidecar.keys import KeyFileError, read_key_file
 
 PREFIX = "LLM_POD_"
 # The sidecar decides who may use the engine: only nginx, in the same pod, may reach it.
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# nginx's upstream for it is 127.0.0.1 (the template), so that is the one address it may bind.
+LOOPBACK_HOSTS = ("127.0.0.1",)
 
 # A served model name becomes an nginx location prefix (/<model>/v1/...) and a Prometheus label:
 # keep it to characters that are literal in both.
@@ -114,7 +115,7 @@ class Settings:
         if self.sidecar_host not in LOOPBACK_HOSTS:
             found.append(
                 f"{PREFIX}SIDECAR_HOST={self.sidecar_host!r}: the sidecar answers nginx inside the pod only; "
-                f"one of {', '.join(LOOPBACK_HOSTS)}"
+                f"{', '.join(LOOPBACK_HOSTS)}"
             )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             found.append(f"{PREFIX}REDIS_URL: must start with redis://, rediss:// or unix://")

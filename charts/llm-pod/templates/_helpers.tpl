@@ -73,7 +73,7 @@ route traffic to a pod that answers 404, so it fails here. */}}
 {{- $prefix := include "llm-pod.pathPrefix" . }}
 {{- $all := default (list $prefix) .Values.autoscaling.keda.pathPrefixes }}
 {{- range $all }}
-{{- if not (or (eq . $prefix) (hasPrefix (printf "%s/v1" $prefix) .) (hasPrefix "/v1" .)) }}
+{{- if not (or (eq . $prefix) (eq . (printf "%s/v1" $prefix)) (hasPrefix (printf "%s/v1/" $prefix) .) (eq . "/v1") (hasPrefix "/v1/" .)) }}
 {{- fail (printf "autoscaling.keda.pathPrefixes: %q would reach nginx, which strips only %q (routing.pathPrefix) and serves /v1/...; use %q, a prefix under %s/v1, or one starting with /v1" . $prefix $prefix $prefix) }}
 {{- end }}
 {{- end }}
