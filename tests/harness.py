@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -59,6 +60,15 @@ def wait_until(
 # banner): the session's last check reads them all for anything shaped like a key or a JWT.
 PROC_LOGS: list[Path] = []
 CREDENTIAL_SHAPES = re.compile(r"sk-lp-[A-Za-z0-9_-]{8,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|Bearer \S")
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+    """`wait_until` for tests on an event loop: poll without blocking it, fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
 
 
 class Proc:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from sidecar.keys import add_key
 from sidecar.metrics import Metrics
 from sidecar.request_end import InFlight
 from sidecar.settings import Settings
-from tests.harness import free_port
+from tests.harness import eventually, free_port
 
 SATURATION = 3  # LLM_POD_SATURATION_QUEUE in these tests
 MIN_PRIORITY = 5  # LLM_POD_PRIORITY_MIN_UNDER_LOAD
@@ -86,15 +85,6 @@ def settings_for(vllm: FakeVllmMetrics, keys_file: Path) -> Settings:
         saturation_queue=SATURATION,
         priority_min_under_load=MIN_PRIORITY,
     )
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
-    """Poll `predicate` on the event loop until it holds, or fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

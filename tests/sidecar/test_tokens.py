@@ -27,7 +27,7 @@ from sidecar.app import create_app
 from sidecar.metrics import METRICS, Metrics
 from sidecar.settings import Settings, SettingsError
 from sidecar.tokens import JwksCache, key_id_for
-from tests.harness import free_port
+from tests.harness import eventually, free_port
 
 ISS, AUD = "https://issuer.test", "llm-pod"
 
@@ -275,15 +275,6 @@ async def test_claims_limit_the_models_a_token_may_use(hs_client: Client) -> Non
 def metric(client: Client, counter: str, *labels: str) -> float:
     value: float = getattr(client.app[METRICS], counter).labels(*labels)._value.get()
     return value
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
-    """Poll `predicate` on the event loop until it holds, or fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 def sign_es256(j: Jwks, payload: dict[str, Any], kid: str = "ec") -> str:
