@@ -101,6 +101,9 @@ def keys_command(argv: list[str]) -> int:
 
 def _file_keys(args: argparse.Namespace) -> int:
     if args.action == "create":
+        # As with Redis: an id names one key; replacing it is `rotate`, and says so.
+        if args.file.exists() and any(e.id == args.id for e in read_key_file(args.file)):
+            raise KeyFileError(f"a key with id {args.id!r} exists: rotate or revoke it")
         print(add_key(args.file, args.id, args.priority, args.expires, _limits(args), tuple(args.model)))
     elif args.action == "list":
         for entry in read_key_file(args.file):

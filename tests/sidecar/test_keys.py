@@ -135,3 +135,14 @@ def test_the_console_script_prints_a_new_key_once_and_lists_no_secret(tmp_path: 
     shown = llm_pod_keys("show", "--file", str(path), "--id", "ci")
     assert hash_key(key) not in shown.stdout
     assert key not in shown.stdout
+
+
+def test_creating_an_existing_id_in_a_keys_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    assert llm_pod_keys("create", "--file", str(path), "--id", "ci").returncode == 0
+    before = path.read_text()
+    again = llm_pod_keys("create", "--file", str(path), "--id", "ci")
+    assert again.returncode != 0
+    assert "exists: rotate or revoke it" in again.stderr
+    assert again.stdout == ""  # no key printed: none was made
+    assert path.read_text() == before
