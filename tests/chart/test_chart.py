@@ -426,6 +426,11 @@ def test_balloon_placeholders_are_preemptible_and_never_selected_by_the_service(
         ("autoscaling.keda.api=scaledJob", "autoscaling.keda.api must be one of the following"),
         ("model.source=ftp://x", "model.source: Does not match pattern"),
         ("ports.http=70000", "ports.http: Must be less than or equal to 65535"),
+        ("auth.limits.defaultRpn=5", "auth.limits: Additional property defaultRpn is not allowed"),
+        ("auth.limits.defaultRpm=-1", "auth.limits.defaultRpm: Must be greater than or equal to 0"),
+        ("autoscaling.keda.headers[0].name=X-Model", "autoscaling.keda.headers.0: value is required"),
+        ("autoscaling.keda.headers[0].header=X", "Additional property header is not allowed"),
+        ("clusterDomain=Bad_Domain", "clusterDomain: Does not match pattern"),
     ],
 )
 def test_the_schema_rejects_bad_values_with_a_clear_error(setting: str, message: str) -> None:
